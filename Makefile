@@ -1,0 +1,29 @@
+# `make run` and `make test` do all the set-up on a fresh machine: a virtual environment in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO_ROWS ?= 100000
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/exporter migrate
+	$(BIN)/exporter seed-demo --if-missing --rows $(DEMO_ROWS)
+	$(BIN)/exporter serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check exporter tests migrations
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,3 @@
+"""Bulk data export service."""
+
+__version__ = "0.1.0"

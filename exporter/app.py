@@ -1,0 +1,39 @@
+"""create_app(settings): the lifespan owns the engines; routers mounted; one JSON error shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter import __version__
+from exporter.config import Settings
+from exporter.datasets import Catalog
+from exporter.db import create_db_engine
+from exporter.errors import install_error_handlers
+from exporter.routes import datasets, exports, health
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_db_engine(settings.database_url)
+        sources: dict[str | None, AsyncEngine] = {None: engine}
+        sources.update({name: create_db_engine(url) for name, url in settings.sources.items()})
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sources = sources
+        app.state.catalog = Catalog(settings.datasets, sources)
+        try:
+            yield
+        finally:
+            for source in sources.values():
+                await source.dispose()
+
+    app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    for module in (datasets, exports, health):
+        app.include_router(module.router)
+    return app

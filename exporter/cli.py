@@ -1,0 +1,86 @@
+"""Console script `exporter`: serve, migrate, seed-demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from exporter.config import Settings
+from exporter.errors import ConfigError
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exporter", description="Bulk data export service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    commands.add_parser("migrate", help="create or upgrade the service's own tables (alembic upgrade head)")
+    seed = commands.add_parser("seed-demo", help="(re)create the demo table `orders` with deterministic rows")
+    seed.add_argument("--rows", type=int, default=100_000)
+    seed.add_argument("--if-missing", action="store_true", help="do nothing if `orders` already exists")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:
+        settings = Settings.from_environ()
+    except ConfigError as exc:
+        print(f"exporter: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port)
+    if args.command == "migrate":
+        migrate(settings.database_url)
+        return 0
+    return asyncio.run(_seed(settings, args.rows, args.if_missing))
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from exporter.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port)
+    return 0
+
+
+def migrate(database_url: str) -> None:
+    """alembic upgrade head on `database_url`."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(MIGRATIONS.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+async def _seed(settings: Settings, rows: int, if_missing: bool) -> int:
+    from exporter.db import create_db_engine
+    from exporter.demo import demo_exists, seed_demo
+
+    if rows < 0:
+        print("exporter: --rows must be 0 or more", file=sys.stderr)
+        return 2
+    engine = create_db_engine(settings.database_url)
+    try:
+        if if_missing and await demo_exists(engine):
+            print("orders exists; not seeding")
+            return 0
+        await seed_demo(engine, rows)
+        print(f"seeded orders with {rows} rows")
+    finally:
+        await engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Declared datasets with their columns (names and types read from the database), and discovery JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc, inspect, sql, types
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from exporter.config import DatasetConfig
+from exporter.errors import DatabaseUnavailable, DatasetUnavailable, UnknownDataset
+
+# What a value is, for parsing filters and for rendering; see serializers.py.
+KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",
+         "interval", "uuid", "json", "bytes", "other")
+
+_PG_KINDS = {
+    "int2": "integer", "int4": "integer", "int8": "integer", "oid": "integer",
+    "numeric": "decimal", "float4": "float", "float8": "float", "bool": "boolean",
+    "text": "text", "varchar": "text", "bpchar": "text", "name": "text", "citext": "text",
+    "date": "date", "time": "time", "timestamp": "timestamp", "timestamptz": "timestamptz",
+    "interval": "interval", "uuid": "uuid", "json": "json", "jsonb": "json", "bytea": "bytes",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # the database's name for the type, for discovery
+    kind: str
+    nullable: bool
+    scale: int | None = None  # numeric scale, needed where SQLite hands back floats
+
+
+@dataclass(frozen=True)
+class Dataset:
+    config: DatasetConfig
+    columns: Mapping[str, Column]
+    engine: AsyncEngine
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def key(self) -> Column:
+        return self.columns[self.config.key]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.config.description,
+            "key": self.config.key,
+            "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in self.columns.values()],
+            "filterable": list(self.config.filterable),
+            "formats": ["csv", "ndjson", "csv.gz", "ndjson.gz"],
+        }
+
+
+class Catalog:
+    """Datasets by name; each is reflected from its source database on first use and then cached."""
+
+    def __init__(self, configs: Mapping[str, DatasetConfig], engines: Mapping[str | None, AsyncEngine]) -> None:
+        self._configs = configs
+        self._engines = engines
+        self._cache: dict[str, Dataset] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._configs)
+
+    async def get(self, name: str) -> Dataset:
+        if name in self._cache:
+            return self._cache[name]
+        config = self._configs.get(name)
+        if config is None:
+            raise UnknownDataset(f"no dataset named {name!r}; GET /datasets lists them", parameter="name")
+        engine = self._engines[config.source]
+        try:
+            async with engine.connect() as conn:
+                columns = await _reflect(conn, config)
+        except (OSError, exc.InterfaceError, exc.OperationalError) as error:
+            raise DatabaseUnavailable(f"dataset {name!r}: its database is unreachable") from error
+        except exc.DBAPIError as error:
+            raise DatasetUnavailable(f"dataset {name!r}: its source cannot be read") from error
+        _check(config, columns)
+        dataset = Dataset(config, {c.name: c for c in columns}, engine)
+        self._cache[name] = dataset
+        return dataset
+
+
+def _check(config: DatasetConfig, columns: list[Column]) -> None:
+    names = {c.name for c in columns}
+    missing = [n for n in (config.key, *config.filterable) if n not in names]
+    if missing:
+        raise DatasetUnavailable(f"dataset {config.name!r}: configured columns missing from its source: {missing}")
+
+
+async def _reflect(conn: AsyncConnection, config: DatasetConfig) -> list[Column]:
+    if config.table is not None:
+        schema, _, table = config.table.rpartition(".")
+        found = await conn.run_sync(lambda sync: inspect(sync).has_table(table, schema=schema or None))
+        if not found:
+            raise DatasetUnavailable(f"dataset {config.name!r}: table {config.table!r} does not exist")
+        reflected = await conn.run_sync(lambda sync: inspect(sync).get_columns(table, schema=schema or None))
+        return [_from_sqlalchemy(c, conn.dialect) for c in reflected]
+    assert config.sql is not None
+    if conn.dialect.name == "postgresql":
+        raw = await conn.get_raw_connection()
+        statement = await raw.driver_connection.prepare(config.sql)  # type: ignore[union-attr]
+        return [
+            Column(a.name, a.type.name, _PG_KINDS.get(a.type.name, "other"), nullable=True)
+            for a in statement.get_attributes()
+        ]
+    result = await conn.execute(sql.text(f"SELECT * FROM ({config.sql}) AS src LIMIT 0"))
+    return [Column(name, "any", "other", nullable=True) for name in result.keys()]
+
+
+def _from_sqlalchemy(reflected: Any, dialect: Dialect) -> Column:
+    sa_type = reflected["type"]
+    scale = getattr(sa_type, "scale", None)
+    return Column(
+        name=reflected["name"],
+        type=sa_type.compile(dialect=dialect).lower(),
+        kind=_kind(sa_type, dialect.name),
+        nullable=bool(reflected["nullable"]),
+        scale=scale,
+    )
+
+
+def _kind(sa_type: types.TypeEngine[Any], dialect: str) -> str:
+    if isinstance(sa_type, types.Boolean):
+        return "boolean"
+    if isinstance(sa_type, types.Integer):
+        return "integer"
+    if isinstance(sa_type, types.Float):
+        return "float"
+    if isinstance(sa_type, types.Numeric):
+        return "decimal"
+    if isinstance(sa_type, types.DateTime):
+        # SQLite has no time zones; the service stores UTC there, as SQLAlchemy does for timezone=True.
+        return "timestamptz" if sa_type.timezone or dialect == "sqlite" else "timestamp"
+    if isinstance(sa_type, types.Date):
+        return "date"
+    if isinstance(sa_type, types.Time):
+        return "time"
+    if isinstance(sa_type, types.Interval) or type(sa_type).__name__ == "INTERVAL":
+        return "interval"
+    if isinstance(sa_type, types.Uuid):
+        return "uuid"
+    if isinstance(sa_type, types.JSON):
+        return "json"
+    if isinstance(sa_type, types.LargeBinary):
+        return "bytes"
+    if isinstance(sa_type, types.String):
+        return "text"
+    return "other"

@@ -1,0 +1,58 @@
+"""Engines for PostgreSQL and SQLite, and the read-only snapshot transaction an export reads in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+APPLICATION_NAME = "exporter"
+
+
+def create_db_engine(url: str) -> AsyncEngine:
+    """An async engine; the caller disposes it. SQLite files get their folder, WAL and a busy timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        # WAL lets exports read while the export log is written; readers never block the writer.
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+@asynccontextmanager
+async def open_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a read-only transaction; on PostgreSQL REPEATABLE READ, so one export sees one snapshot.
+
+    The connection goes back to the pool on exit, even when the caller is being cancelled.
+    """
+    conn = await engine.connect()
+    try:
+        if engine.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        await conn.begin()
+        yield conn
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.close()

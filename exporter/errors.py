@@ -1,0 +1,113 @@
+"""Errors a request can meet, each with its HTTP status and a JSON body {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+
+class ExportError(Exception):
+    """An error with a status; raised by stages before the first body byte, turned into JSON by the handler."""
+
+    status: ClassVar[int] = 400
+
+    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.parameter = parameter
+
+    @classmethod
+    def code(cls) -> str:
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+
+class UnknownDataset(ExportError):
+    status = 404
+
+
+class UnknownFormat(ExportError):
+    status = 404
+
+
+class UnknownColumn(ExportError):
+    pass
+
+
+class UnknownOperator(ExportError):
+    pass
+
+
+class ColumnNotFilterable(ExportError):
+    pass
+
+
+class InvalidValue(ExportError):
+    pass
+
+
+class InvalidParameter(ExportError):
+    pass
+
+
+class AfterRequiresKeyOrder(ExportError):
+    pass
+
+
+class DatasetUnavailable(ExportError):
+    """The dataset's source cannot be read: its table is missing or its query fails (an operator's problem)."""
+
+    status = 503
+
+
+class DatabaseUnavailable(ExportError):
+    status = 503
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is invalid; raised at startup."""
+
+
+def error_body(code: str, message: str, parameter: str | None = None) -> dict[str, dict[str, str]]:
+    error = {"code": code, "message": message}
+    if parameter is not None:
+        error["parameter"] = parameter
+    return {"error": error}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error response, ours or the framework's, has the same JSON shape."""
+
+    async def on_export_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ExportError)
+        return JSONResponse(error_body(exc.code(), exc.message, exc.parameter), status_code=exc.status)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = re.sub(r"\W+", "_", _reason(exc.status_code)).lower()
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse(error_body("invalid_parameter", f"{where}: {first.get('msg')}"), status_code=400)
+
+    app.add_exception_handler(ExportError, on_export_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"

@@ -1,0 +1,95 @@
+"""stream_response: a chunked download whose body iterator is always closed, however the response ends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import quote
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+
+def download_headers(filename: str, media_type: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+    disposition = f'attachment; filename="{ascii_name}"'
+    if ascii_name != filename:
+        disposition += f"; filename*=UTF-8''{quote(filename)}"  # RFC 6266 §4.3
+    return {
+        "Content-Type": media_type,
+        "Content-Disposition": disposition,
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",  # tell nginx-like proxies not to buffer the stream
+        **(extra or {}),
+    }
+
+
+async def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int = 200
+                          ) -> Response:
+    """Wait for the first chunk, then respond with it and the rest.
+
+    Errors before the first chunk propagate (the caller's handlers turn them into JSON error responses),
+    so a failed query never produces a 200. The iterator is closed in every case.
+    """
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()  # type: ignore[attr-defined]
+        raise
+    return ChunkedResponse(first, chunks, headers, status_code)
+
+
+def head_response(headers: Mapping[str, str]) -> Response:
+    """The headers a GET would get, and no body."""
+    return ChunkedResponse(b"", _nothing(), headers, 200)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield
+
+
+class ChunkedResponse(Response):
+    """Sends `first` and then `rest` as they come. A client disconnect cancels the producer; an error after
+    the first byte propagates to the server, which then drops the connection without the final chunk,
+    so the client sees an incomplete transfer rather than a clean end."""
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int
+                 ) -> None:
+        # Not Response.__init__: it would add Content-Length for the empty `body`.
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)
+        self._first = first
+        self._rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def cancel_on_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(cancel_on_disconnect)
+            try:
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+                if self._first:
+                    await send({"type": "http.response.body", "body": self._first, "more_body": True})
+                async for chunk in self._rest:
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:
+                pass  # the client went away while we were writing to it
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._rest.aclose()  # type: ignore[attr-defined]
+                group.cancel_scope.cancel()

@@ -1,0 +1,1 @@
+"""Thin routers named after their URLs."""

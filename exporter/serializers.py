@@ -1,0 +1,371 @@
+"""Row serializers: header / encode(batch) / footer → bytes, and how each kind of value is written.
+
+Pure: no I/O. Values render the same whatever the database: NULL is an empty CSV field (or the `null=`
+text) and JSON null; numerics keep every digit and never pass through float; timestamps with time zone
+are ISO 8601 in UTC with `+00:00`; booleans are `true` / `false`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Context, Decimal
+from typing import Any, Protocol
+
+import orjson
+
+from exporter.datasets import Column
+from exporter.errors import InvalidParameter, UnknownFormat
+from exporter.queries import CSV_PARAMETERS
+
+Convert = Callable[[Any], Any]
+BOM = "\ufeff".encode()
+
+
+def _decimal_text(value: Decimal) -> str:
+    return format(value, "f") if value.is_finite() else "NaN" if value.is_nan() else _infinity(value)
+
+
+def _float_text(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return _infinity(value)
+    return repr(value)
+
+
+def _infinity(value: Decimal | float) -> str:
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def _timestamptz_text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _iso_text(value: date | time | datetime) -> str:
+    return value.isoformat()
+
+
+def _bytes_text(value: bytes) -> str:
+    return "\\x" + value.hex()  # PostgreSQL's hex format for bytea
+
+
+def _interval_text(value: timedelta) -> str:
+    return str(value)
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _bool_text(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _any_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return _bool_text(value)
+    if isinstance(value, float):
+        return _float_text(value)
+    if isinstance(value, bytes):
+        return _bytes_text(value)
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
+    if isinstance(value, datetime):
+        return _timestamptz_text(value) if value.tzinfo else value.isoformat()
+    if isinstance(value, date | time):
+        return value.isoformat()
+    return str(value)
+
+
+# kind → its canonical value as text; None where str() of the database's value is already right.
+_TEXT: dict[str, Convert | None] = {
+    "integer": None,
+    "text": None,
+    "decimal": _decimal_text,
+    "float": _float_text,
+    "boolean": _bool_text,
+    "date": _iso_text,
+    "time": _iso_text,
+    "timestamp": _iso_text,
+    "timestamptz": _timestamptz_text,
+    "interval": _interval_text,
+    "uuid": str,
+    "json": _json_text,
+    "bytes": _bytes_text,
+    "other": _any_text,
+}
+
+
+def _decimal_json(value: Decimal) -> Any:
+    return orjson.Fragment(format(value, "f")) if value.is_finite() else None
+
+
+def _json_fragment(value: Any) -> Any:
+    """The database's JSON text, embedded as it is. Line breaks in JSON text can only be insignificant
+    whitespace (strings escape them), so they become spaces to keep one row per line."""
+    if not isinstance(value, str):
+        return value
+    if "\n" in value or "\r" in value:
+        value = value.replace("\r", " ").replace("\n", " ")
+    return orjson.Fragment(value)
+
+
+def _any_json(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return _decimal_json(value)
+    return _any_text(value)
+
+
+# kind → a value orjson writes as wanted; None where the database's value already is one.
+_JSON: dict[str, Convert | None] = {
+    "integer": None,
+    "text": None,
+    "float": None,  # orjson writes NaN and ±Infinity as null: they are not JSON
+    "boolean": bool,
+    "decimal": _decimal_json,
+    "json": _json_fragment,
+    "other": _any_json,
+}
+
+
+def _sqlite_decimal(scale: int | None) -> Convert:
+    """SQLite hands back NUMERIC(p, s) as float or int; repr() is exact up to 15 digits, then the scale is set."""
+    quantum = Decimal(1).scaleb(-scale) if scale is not None else None
+    wide = Context(prec=1000)  # quantize must not overflow the default 28 digits
+
+    def convert(value: Any) -> Decimal:
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if quantum is None or not number.is_finite():
+            return number
+        return number.quantize(quantum, context=wide)
+
+    return convert
+
+
+def _sqlite_timestamp(value: Any) -> Any:
+    if isinstance(value, str):
+        parsed = datetime.fromisoformat(value)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value
+
+
+def _sqlite_date(value: Any) -> Any:
+    return date.fromisoformat(value[:10]) if isinstance(value, str) else value
+
+
+def _normalizer(col: Column, dialect: str) -> Convert | None:
+    """The database's value → the canonical Python value, where the driver does not hand that back."""
+    if dialect != "sqlite":
+        return None
+    if col.kind == "decimal":
+        return _sqlite_decimal(col.scale)
+    if col.kind in ("timestamp", "timestamptz"):
+        return _sqlite_timestamp
+    if col.kind == "date":
+        return _sqlite_date
+    if col.kind == "boolean":
+        return bool
+    return None
+
+
+def _compose(first: Convert | None, second: Convert | None) -> Convert | None:
+    if first is None or second is None:
+        return first or second
+    return lambda value: second(first(value))
+
+
+class Serializer(Protocol):
+    media_type: str
+
+    def header(self) -> bytes: ...
+    def encode(self, batch: Sequence[Sequence[Any]]) -> bytes: ...
+    def footer(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    header: bool = True
+    delimiter: str = ","
+    null: str = ""
+    bom: bool = False
+
+
+def csv_options(params: Mapping[str, str]) -> CsvOptions:
+    """The CSV-only query parameters; errors name the parameter."""
+    header = _flag(params, "header", default=True)
+    bom = _flag(params, "bom", default=False)
+    delimiter = params.get("delimiter", ",")
+    if len(delimiter) != 1 or delimiter in "\"\r\n\x00":
+        raise InvalidParameter(
+            "delimiter must be one character other than a double quote or a line break (tab is %09)",
+            parameter="delimiter",
+        )
+    null = params.get("null", "")
+    if any(c in null for c in (delimiter, '"', "\r", "\n")):
+        raise InvalidParameter("null text may not contain the delimiter, quotes or line breaks", parameter="null")
+    return CsvOptions(header=header, delimiter=delimiter, null=null, bom=bom)
+
+
+def reject_csv_options(params: Mapping[str, str]) -> None:
+    for name in CSV_PARAMETERS & params.keys():
+        raise InvalidParameter(f"{name} applies only to CSV exports", parameter=name)
+
+
+def _flag(params: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise InvalidParameter(f"{name} must be true or false, got {raw!r}", parameter=name)
+    return raw == "true"
+
+
+class CsvSerializer:
+    """RFC 4180 quoting with LF line ends; a value equal to the NULL text (by default "") is quoted,
+    so an empty string ("") and NULL (nothing) stay apart, as in PostgreSQL's COPY."""
+
+    media_type = "text/csv; charset=utf-8"
+
+    def __init__(self, columns: Sequence[Column], dialect: str, options: CsvOptions) -> None:
+        self._columns = [c.name for c in columns]
+        self._options = options
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, delimiter=options.delimiter, lineterminator="\n")
+        self._special = (options.null, "\\.")  # values that must be quoted although csv would not
+        # A NULL text other than "" must also be found among integers, so then every value becomes text.
+        to_text = str if options.null else None
+        self._converters = [
+            (i, conv)
+            for i, col in enumerate(columns)
+            if (conv := _compose(_normalizer(col, dialect), _TEXT[col.kind] or to_text)) is not None
+        ]
+
+    def header(self) -> bytes:
+        head = BOM if self._options.bom else b""
+        if not self._options.header:
+            return head
+        return head + self._encode_rows([self._columns])
+
+    def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
+        if self._converters:
+            converters = self._converters
+            rows: list[Any] = []
+            for row in batch:
+                values = list(row)
+                for i, conv in converters:
+                    value = values[i]
+                    if value is not None:
+                        values[i] = conv(value)
+                rows.append(values)
+            return self._encode_rows(rows)
+        return self._encode_rows(batch)
+
+    def footer(self) -> bytes:
+        return b""
+
+    def _encode_rows(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        null, end_marker = self._special
+        special = [i for i, row in enumerate(rows) if null in row or end_marker in row]
+        text = self._write(rows, special)
+        if "\r" in text:
+            # Python 3.11's csv quotes only the line terminator's characters (LF), not a lone CR.
+            special = sorted({*special, *(i for i, row in enumerate(rows) if _has_cr(row))})
+            text = self._write(rows, special)
+        return text.encode()
+
+    def _write(self, rows: Sequence[Sequence[Any]], special: list[int]) -> str:
+        null = self._options.null
+        plain = [[null if v is None else v for v in row] for row in rows] if null else rows
+        start = 0
+        for i in special:
+            self._writer.writerows(plain[start:i])
+            self._buffer.write(self._encode_by_hand(rows[i]))
+            start = i + 1
+        self._writer.writerows(plain[start:])
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text
+
+    def _encode_by_hand(self, row: Sequence[Any]) -> str:
+        """One row, quoting exactly as csv.writer does, plus the values csv.writer cannot be told to quote."""
+        delimiter = self._options.delimiter
+        fields = []
+        for value in row:
+            if value is None:
+                fields.append(self._options.null)
+                continue
+            text = str(value)
+            if text in self._special or any(c in text for c in (delimiter, '"', "\r", "\n")):
+                text = '"' + text.replace('"', '""') + '"'
+            fields.append(text)
+        if len(fields) == 1 and fields[0] == "":
+            fields[0] = '""'  # as csv.writer: a lone empty field would read as a blank line
+        return delimiter.join(fields) + "\n"
+
+
+def _has_cr(row: Sequence[Any]) -> bool:
+    return any(isinstance(value, str) and "\r" in value for value in row)
+
+
+class NdjsonSerializer:
+    """One JSON object per line, keys in column order; numerics are JSON numbers with every digit."""
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, columns: Sequence[Column], dialect: str) -> None:
+        self._names = [c.name for c in columns]
+        self._converters = [
+            (i, conv)
+            for i, col in enumerate(columns)
+            if (conv := _compose(_normalizer(col, dialect), _JSON.get(col.kind, _TEXT[col.kind]))) is not None
+        ]
+
+    def header(self) -> bytes:
+        return b""
+
+    def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
+        names, converters, dumps = self._names, self._converters, orjson.dumps
+        option = orjson.OPT_APPEND_NEWLINE
+        if not converters:
+            return b"".join(dumps(dict(zip(names, row, strict=True)), option=option) for row in batch)
+        lines = []
+        for row in batch:
+            values = list(row)
+            for i, conv in converters:
+                value = values[i]
+                if value is not None:
+                    values[i] = conv(value)
+            lines.append(dumps(dict(zip(names, values, strict=True)), option=option))
+        return b"".join(lines)
+
+    def footer(self) -> bytes:
+        return b""
+
+
+FORMATS = ("csv", "ndjson")
+
+
+def split_filename(filename: str) -> tuple[str, str, bool]:
+    """`orders.csv.gz` → ("orders", "csv", True): dataset name, format, and whether it is a gzip file."""
+    stem, gzipped = (filename.removesuffix(".gz"), True) if filename.endswith(".gz") else (filename, False)
+    name, dot, fmt = stem.rpartition(".")
+    if not dot or fmt not in FORMATS:
+        raise UnknownFormat(
+            f"{filename!r}: the name must end in .csv, .ndjson, .csv.gz or .ndjson.gz", parameter="format"
+        )
+    return name, fmt, gzipped
+
+
+def create_serializer(fmt: str, columns: Sequence[Column], dialect: str, params: Mapping[str, str]
+                      ) -> Serializer:
+    if fmt == "csv":
+        return CsvSerializer(columns, dialect, csv_options(params))
+    reject_csv_options(params)
+    return NdjsonSerializer(columns, dialect)

@@ -1,0 +1,72 @@
+"""Real servers for tests: the app under uvicorn on a socket bound to 127.0.0.1 port 0, in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+from fastapi import FastAPI
+
+
+class ServerThread:
+    """uvicorn serving `app` in a background thread; use as a context manager."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        self._socket.close()
+
+
+class ChunkedReader:
+    """A GET over a raw socket that hands back the HTTP/1.1 chunks as the server framed them (an HTTP client
+    would hide them). Its receive buffer is small, so the server cannot push the whole body into the kernel."""
+
+    def __init__(self, url: str, path: str, receive_buffer_bytes: int = 64 * 1024) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+        self._socket.settimeout(30)
+        self._socket.connect((host, int(port)))
+        self._socket.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        self._stream = self._socket.makefile("rb")
+        self.status_line = self._stream.readline()
+        while self._stream.readline() not in (b"\r\n", b""):
+            pass
+
+    def next_chunk(self) -> bytes | None:
+        """The next chunk's data; None at the final zero-length chunk."""
+        size = int(self._stream.readline().split(b";")[0], 16)
+        data = self._stream.read(size + 2)[:size]
+        return data if size else None
+
+    def __enter__(self) -> ChunkedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+        self._socket.close()

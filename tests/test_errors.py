@@ -1,0 +1,35 @@
+"""Each ExportError's code is the snake_case of its class name; that code is the JSON body's error.code."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter import errors
+from exporter.errors import ExportError
+
+CODES: dict[type[ExportError], str] = {
+    errors.UnknownDataset: "unknown_dataset",
+    errors.UnknownFormat: "unknown_format",
+    errors.UnknownColumn: "unknown_column",
+    errors.UnknownOperator: "unknown_operator",
+    errors.ColumnNotFilterable: "column_not_filterable",
+    errors.InvalidValue: "invalid_value",
+    errors.InvalidParameter: "invalid_parameter",
+    errors.AfterRequiresKeyOrder: "after_requires_key_order",
+    errors.DatasetUnavailable: "dataset_unavailable",
+    errors.DatabaseUnavailable: "database_unavailable",
+}
+
+
+def all_subclasses(cls: type[ExportError]) -> set[type[ExportError]]:
+    return {sub for direct in cls.__subclasses__() for sub in (direct, *all_subclasses(direct))}
+
+
+@pytest.mark.parametrize(("error", "code"), CODES.items(), ids=[cls.__name__ for cls in CODES])
+def test_error_code_is_the_snake_case_class_name(error: type[ExportError], code: str) -> None:
+    assert error.code() == code
+    assert error("message", parameter="p").code() == code
+
+
+def test_every_export_error_has_its_code_in_the_table() -> None:
+    assert {cls for cls in all_subclasses(ExportError) if cls.__module__ == errors.__name__} == set(CODES)
