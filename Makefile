@@ -23,6 +23,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check exporter tests migrations
+	$(BIN)/mypy exporter
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

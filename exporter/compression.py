@@ -35,5 +35,4 @@ def accepts_gzip(accept_encoding: str) -> bool:
         except ValueError:
             value = 0.0
         qualities.setdefault("gzip" if coding.strip().lower() == "x-gzip" else coding.strip().lower(), value)
-    quality = qualities.get("gzip", qualities.get("*", 0.0))
-    return quality > 0
+    return qualities.get("gzip", qualities.get("*", 0.0)) > 0

@@ -95,7 +95,7 @@ def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) ->
     if "key" not in table:
         raise ConfigError(f"dataset {name}: `key` is required (a unique column, for order and resuming)")
     filterable = table.get("filterable", [])
-    if not isinstance(filterable, list) or not all(isinstance(n, str) for n in filterable):
+    if not isinstance(filterable, list | tuple) or not all(isinstance(n, str) for n in filterable):
         raise ConfigError(f"dataset {name}: `filterable` must be a list of column names")
     source = table.get("source")
     if source is not None and source not in sources:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -30,7 +30,14 @@ def create_db_engine(url: str) -> AsyncEngine:
         pool_size=10,
         max_overflow=20,
         pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
+        connect_args={
+            "server_settings": {
+                "application_name": APPLICATION_NAME,
+                # A query whose client connection was dropped (the export was cancelled mid-statement and
+                # its connection discarded) stops within a second instead of running on (PostgreSQL 14+).
+                "client_connection_check_interval": "1000",
+            }
+        },
     )
 
 
@@ -55,4 +62,10 @@ async def open_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         yield conn
     finally:
         with anyio.CancelScope(shield=True):
-            await conn.close()
+            try:
+                await conn.close()
+            except exc.DBAPIError:
+                # The connection died under the export (e.g. its backend was terminated), so the rollback
+                # cannot run; SQLAlchemy has already discarded it from the pool. The export's own error,
+                # not this one, is what the caller must see.
+                pass

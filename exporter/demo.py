@@ -5,7 +5,7 @@ Row g depends only on g, so the same --rows N gives the same rows on PostgreSQL 
 
 from __future__ import annotations
 
-from sqlalchemy import inspect, text
+from sqlalchemy import Table, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.models import DemoBase, Order
@@ -26,6 +26,7 @@ AWKWARD_NOTES = (
     "",
     "back\\slash",
 )
+ORDERS: Table = Order.__table__  # type: ignore[assignment]
 BASE_EPOCH = 1704067200  # 2024-01-01T00:00:00Z
 
 
@@ -78,8 +79,8 @@ async def seed_demo(engine: AsyncEngine, rows: int) -> None:
         series = "WITH RECURSIVE s(g) AS (SELECT 1 WHERE :rows > 0 UNION ALL SELECT g + 1 FROM s WHERE g < :rows)"
         insert = series + insert
     async with engine.begin() as conn:
-        await conn.run_sync(lambda sync: DemoBase.metadata.drop_all(sync, tables=[Order.__table__]))
-        await conn.run_sync(lambda sync: DemoBase.metadata.create_all(sync, tables=[Order.__table__]))
+        await conn.run_sync(lambda sync: DemoBase.metadata.drop_all(sync, tables=[ORDERS]))
+        await conn.run_sync(lambda sync: DemoBase.metadata.create_all(sync, tables=[ORDERS]))
         await conn.execute(text(insert), {"rows": rows})
     if dialect == "postgresql":
         async with engine.connect() as conn:

@@ -79,12 +79,16 @@ def error_body(code: str, message: str, parameter: str | None = None) -> dict[st
     return {"error": error}
 
 
+def error_response(exc: ExportError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code(), exc.message, exc.parameter), status_code=exc.status)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error response, ours or the framework's, has the same JSON shape."""
 
     async def on_export_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ExportError)
-        return JSONResponse(error_body(exc.code(), exc.message, exc.parameter), status_code=exc.status)
+        return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)

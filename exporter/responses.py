@@ -10,6 +10,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from exporter.errors import ExportError, error_response
+
 log = logging.getLogger(__name__)
 
 
@@ -27,47 +29,34 @@ def download_headers(filename: str, media_type: str, extra: Mapping[str, str] | 
     }
 
 
-async def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int = 200
-                          ) -> Response:
-    """Wait for the first chunk, then respond with it and the rest.
+def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int = 200) -> Response:
+    """A response that waits for the first chunk before it starts, then sends it and the rest as they come.
 
-    Errors before the first chunk propagate (the caller's handlers turn them into JSON error responses),
-    so a failed query never produces a 200. The iterator is closed in every case.
+    An ExportError before the first chunk becomes its JSON error response, so a failed query never
+    produces a 200. A client that leaves, even while the first chunk is awaited, cancels the producer.
+    An error after the first byte propagates to the server, which then drops the connection without the
+    final chunk: the client sees an incomplete transfer rather than a clean end. `chunks` is closed in
+    every case.
     """
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = b""
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await chunks.aclose()  # type: ignore[attr-defined]
-        raise
-    return ChunkedResponse(first, chunks, headers, status_code)
+    return ChunkedResponse(chunks, headers, status_code)
 
 
 def head_response(headers: Mapping[str, str]) -> Response:
     """The headers a GET would get, and no body."""
-    return ChunkedResponse(b"", _nothing(), headers, 200)
+    return ChunkedResponse(_nothing(), headers, 200)
 
 
 async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield
+    yield b""
 
 
 class ChunkedResponse(Response):
-    """Sends `first` and then `rest` as they come. A client disconnect cancels the producer; an error after
-    the first byte propagates to the server, which then drops the connection without the final chunk,
-    so the client sees an incomplete transfer rather than a clean end."""
-
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int
-                 ) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int) -> None:
         # Not Response.__init__: it would add Content-Length for the empty `body`.
         self.status_code = status_code
         self.background = None
         self.init_headers(headers)
-        self._first = first
-        self._rest = rest
+        self._chunks = chunks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as group:
@@ -79,17 +68,24 @@ class ChunkedResponse(Response):
 
             group.start_soon(cancel_on_disconnect)
             try:
-                await send({"type": "http.response.start", "status": self.status_code,
-                            "headers": self.raw_headers})
-                if self._first:
-                    await send({"type": "http.response.body", "body": self._first, "more_body": True})
-                async for chunk in self._rest:
-                    if chunk:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._send(scope, receive, send)
             except OSError:
                 pass  # the client went away while we were writing to it
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._rest.aclose()  # type: ignore[attr-defined]
+                    await self._chunks.aclose()  # type: ignore[attr-defined]
                 group.cancel_scope.cancel()
+
+    async def _send(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            first = await anext(self._chunks, b"")
+        except ExportError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if first:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        async for chunk in self._chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -26,8 +26,5 @@ async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int
             raise DatabaseUnavailable("the database is unreachable") from error
         except exc.DBAPIError as error:
             raise DatasetUnavailable(f"the dataset's query failed: {error.orig}") from error
-        try:
-            async for batch in result.partitions(batch_rows):
-                yield batch
-        finally:
-            await result.close()
+        async for batch in result.partitions(batch_rows):
+            yield batch

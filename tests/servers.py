@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
+from typing import BinaryIO
 
 import uvicorn
 from fastapi import FastAPI
@@ -47,16 +50,28 @@ class ChunkedReader:
     would hide them). Its receive buffer is small, so the server cannot push the whole body into the kernel."""
 
     def __init__(self, url: str, path: str, receive_buffer_bytes: int = 64 * 1024) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
-        self._socket.settimeout(30)
-        self._socket.connect((host, int(port)))
-        self._socket.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        self._stream = self._socket.makefile("rb")
+        self._socket, self._stream = self._request(url, path, receive_buffer_bytes)
         self.status_line = self._stream.readline()
         while self._stream.readline() not in (b"\r\n", b""):
             pass
+
+    @staticmethod
+    def _request(url: str, path: str, receive_buffer_bytes: int) -> tuple[socket.socket, BinaryIO]:
+        host, port = url.removeprefix("http://").split(":")
+        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+        conn.settimeout(30)
+        conn.connect((host, int(port)))
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return conn, conn.makefile("rb")
+
+    @classmethod
+    @contextmanager
+    def connect(cls, url: str, path: str) -> Iterator[None]:
+        """Send the request and keep the connection open without reading the response; close on exit."""
+        conn, stream = cls._request(url, path, 64 * 1024)
+        with conn, stream:
+            yield
 
     def next_chunk(self) -> bytes | None:
         """The next chunk's data; None at the final zero-length chunk."""

@@ -39,7 +39,7 @@ async def export(filename: str, request: Request, catalog: CatalogDep, engine: E
     rows = iter_rows(dataset.engine, query.statement, settings.batch_rows)
     body = iter_export(rows, serializer, gzip="Content-Encoding" in headers or gzip_file, record=record,
                        log_engine=engine)
-    return await stream_response(body, headers)
+    return stream_response(body, headers)
 
 
 def _grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
