@@ -31,7 +31,7 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
-    batch_rows: int = 5000
+    batch_rows: int = 500
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
 
