@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exc, inspect, sql, types
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -131,30 +132,27 @@ def _from_sqlalchemy(reflected: Any, dialect: Dialect) -> Column:
     )
 
 
+# SQLAlchemy type → kind, first match wins: Boolean before Integer, Float before Numeric (its base class).
+_SQLALCHEMY_KINDS: tuple[tuple[type[types.TypeEngine[Any]], str], ...] = (
+    (types.Boolean, "boolean"),
+    (types.Integer, "integer"),
+    (types.Float, "float"),
+    (types.Numeric, "decimal"),
+    (types.DateTime, "timestamp"),
+    (types.Date, "date"),
+    (types.Time, "time"),
+    (types.Interval, "interval"),
+    (postgresql.INTERVAL, "interval"),
+    (types.Uuid, "uuid"),
+    (types.JSON, "json"),
+    (types.LargeBinary, "bytes"),
+    (types.String, "text"),
+)
+
+
 def _kind(sa_type: types.TypeEngine[Any], dialect: str) -> str:
-    if isinstance(sa_type, types.Boolean):
-        return "boolean"
-    if isinstance(sa_type, types.Integer):
-        return "integer"
-    if isinstance(sa_type, types.Float):
-        return "float"
-    if isinstance(sa_type, types.Numeric):
-        return "decimal"
-    if isinstance(sa_type, types.DateTime):
-        # SQLite has no time zones; the service stores UTC there, as SQLAlchemy does for timezone=True.
-        return "timestamptz" if sa_type.timezone or dialect == "sqlite" else "timestamp"
-    if isinstance(sa_type, types.Date):
-        return "date"
-    if isinstance(sa_type, types.Time):
-        return "time"
-    if isinstance(sa_type, types.Interval) or type(sa_type).__name__ == "INTERVAL":
-        return "interval"
-    if isinstance(sa_type, types.Uuid):
-        return "uuid"
-    if isinstance(sa_type, types.JSON):
-        return "json"
-    if isinstance(sa_type, types.LargeBinary):
-        return "bytes"
-    if isinstance(sa_type, types.String):
-        return "text"
-    return "other"
+    kind = next((kind for cls, kind in _SQLALCHEMY_KINDS if isinstance(sa_type, cls)), "other")
+    # SQLite has no time zones; the service stores UTC there, as SQLAlchemy does for timezone=True.
+    if kind == "timestamp" and (getattr(sa_type, "timezone", False) or dialect == "sqlite"):
+        return "timestamptz"
+    return kind

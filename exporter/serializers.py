@@ -180,6 +180,21 @@ def _compose(first: Convert | None, second: Convert | None) -> Convert | None:
     return lambda value: second(first(value))
 
 
+def _converted(batch: Sequence[Sequence[Any]], converters: list[tuple[int, Convert]]) -> Sequence[Sequence[Any]]:
+    """The batch with each converter applied to its column's non-NULL values; as it is when there are none."""
+    if not converters:
+        return batch
+    rows = []
+    for row in batch:
+        values = list(row)
+        for i, convert in converters:
+            value = values[i]
+            if value is not None:
+                values[i] = convert(value)
+        rows.append(values)
+    return rows
+
+
 class Serializer(Protocol):
     media_type: str
 
@@ -253,18 +268,7 @@ class CsvSerializer:
         return head + self._encode_rows([self._columns])
 
     def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
-        if self._converters:
-            converters = self._converters
-            rows: list[Any] = []
-            for row in batch:
-                values = list(row)
-                for i, conv in converters:
-                    value = values[i]
-                    if value is not None:
-                        values[i] = conv(value)
-                rows.append(values)
-            return self._encode_rows(rows)
-        return self._encode_rows(batch)
+        return self._encode_rows(_converted(batch, self._converters))
 
     def footer(self) -> bytes:
         return b""
@@ -331,19 +335,11 @@ class NdjsonSerializer:
         return b""
 
     def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
-        names, converters, dumps = self._names, self._converters, orjson.dumps
-        option = orjson.OPT_APPEND_NEWLINE
-        if not converters:
-            return b"".join(dumps(dict(zip(names, row, strict=True)), option=option) for row in batch)
-        lines = []
-        for row in batch:
-            values = list(row)
-            for i, conv in converters:
-                value = values[i]
-                if value is not None:
-                    values[i] = conv(value)
-            lines.append(dumps(dict(zip(names, values, strict=True)), option=option))
-        return b"".join(lines)
+        names, dumps, option = self._names, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        return b"".join(
+            dumps(dict(zip(names, row, strict=True)), option=option)
+            for row in _converted(batch, self._converters)
+        )
 
     def footer(self) -> bytes:
         return b""

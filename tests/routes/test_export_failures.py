@@ -50,37 +50,31 @@ def pool_idle(server: ServerThread) -> bool:
     return engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-def test_terminated_backend_mid_export_makes_curl_exit_with_an_incomplete_transfer(
-    pg: Database, serve: Serve, tmp_path: Path
-) -> None:
-    server = serve(pg.settings(batch_rows=100, datasets=SLOW))
-    output = tmp_path / "slow.csv"
-    curl = subprocess.Popen(["curl", "-sS", "-o", str(output), f"{server.url}/exports/slow.csv"],
-                            stderr=subprocess.PIPE)
-    wait_for(lambda: output.exists() and output.stat().st_size > 0 and busy_backends(pg))
+def terminate_exports(pg: Database) -> None:
     pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'exporter'"
                " AND datname = current_database() AND pid <> pg_backend_pid()")
+
+
+@pytest.mark.parametrize(("filename", "starts_with"), [("slow.csv", b"id,digest\n"), ("slow.ndjson", b'{"id":1,'),
+                                                       ("slow.csv.gz", b"\x1f\x8b")])
+def test_terminated_backend_mid_export_makes_curl_exit_with_an_incomplete_transfer(
+    pg: Database, serve: Serve, tmp_path: Path, filename: str, starts_with: bytes
+) -> None:
+    server = serve(pg.settings(batch_rows=100, datasets=SLOW))
+    output = tmp_path / filename
+    curl = subprocess.Popen(["curl", "-sS", "-o", str(output), f"{server.url}/exports/{filename}"],
+                            stderr=subprocess.PIPE)
+    wait_for(lambda: output.exists() and output.stat().st_size > 0 and busy_backends(pg))
+    terminate_exports(pg)
     _, stderr = curl.communicate(timeout=60)
     assert curl.returncode == 18, stderr  # CURLE_PARTIAL_FILE: the chunked body never ended
-    assert output.read_bytes().startswith(b"id,digest\n")
+    assert output.read_bytes().startswith(starts_with)
     entry = wait_for(lambda: export_log(pg, "slow"))[0]
     assert entry["outcome"] == "failed"
     assert entry["error"]
     wait_for(lambda: pool_idle(server))
     after = httpx.get(f"{server.url}/exports/slow.csv", params={"limit": "1"})
     assert after.text == "id,digest\n1,c4ca4238a0b923820dcc509a6f75849b\n"
-
-
-def test_terminated_backend_mid_gzip_export_also_ends_incomplete(pg: Database, serve: Serve, tmp_path: Path) -> None:
-    server = serve(pg.settings(batch_rows=100, datasets=SLOW))
-    output = tmp_path / "slow.csv.gz"
-    curl = subprocess.Popen(["curl", "-sS", "-o", str(output), f"{server.url}/exports/slow.csv.gz"],
-                            stderr=subprocess.PIPE)
-    wait_for(lambda: output.exists() and output.stat().st_size > 0 and busy_backends(pg))
-    pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'exporter'"
-               " AND datname = current_database() AND pid <> pg_backend_pid()")
-    curl.communicate(timeout=60)
-    assert curl.returncode == 18
 
 
 def test_client_disconnect_cancels_the_query_and_returns_the_connection(pg: Database, serve: Serve) -> None:
@@ -113,8 +107,7 @@ def test_httpx_sees_an_incomplete_body_when_the_backend_dies(pg: Database, serve
     with httpx.stream("GET", f"{server.url}/exports/slow.ndjson") as response:
         chunks = response.iter_raw()
         next(chunks)
-        pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'exporter'"
-                   " AND datname = current_database() AND pid <> pg_backend_pid()")
+        terminate_exports(pg)
         started = time.monotonic()
         try:
             for _ in chunks:
