@@ -32,6 +32,7 @@ class DatasetConfig:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
+    copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -39,7 +40,7 @@ class Settings:
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
         """Build from the TOML file's shape plus top-level `database_url` and `batch_rows`; `environ`
         supplies the variables that sources name with `url_env`."""
-        known = {"database_url", "batch_rows", "datasets", "sources"}
+        known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -56,6 +57,7 @@ class Settings:
         return cls(
             database_url=str(data.get("database_url", DEFAULT_DATABASE_URL)),
             batch_rows=batch_rows,
+            copy_fast_path=_flag("copy_fast_path", data.get("copy_fast_path", True)),
             datasets=datasets,
             sources=sources,
         )
@@ -68,11 +70,21 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows"):
+        for key in ("database_url", "batch_rows", "copy_fast_path"):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
         return cls.from_dict(data, environ)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes", "on"):
+        return True
+    if str(value).lower() in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def _source_url(name: str, table: Mapping[str, Any], environ: Mapping[str, str]) -> str:

@@ -6,13 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exc, inspect, sql, types
+from sqlalchemy import inspect, sql, types
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.config import DatasetConfig
-from exporter.errors import DatabaseUnavailable, DatasetUnavailable, UnknownDataset
+from exporter.db import database_errors
+from exporter.errors import DatasetUnavailable, UnknownDataset
 
 # What a value is, for parsing filters and for rendering; see serializers.py.
 KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",
@@ -27,6 +28,11 @@ _PG_KINDS = {
 }
 
 
+# Kinds selected as PostgreSQL's text (see Column.as_text): asyncpg hands `infinity` dates back as
+# 9999-12-31, and intervals with months as days.
+_PG_TEXT_KINDS = frozenset({"date", "interval", "other"})
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -34,6 +40,9 @@ class Column:
     kind: str
     nullable: bool
     scale: int | None = None  # numeric scale, needed where SQLite hands back floats
+    # Selected as PostgreSQL's text output on both export paths: types whose driver values do not map
+    # one to one onto that text (dates incl. infinity, intervals, real, arrays, timetz, other types).
+    as_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,13 +89,9 @@ class Catalog:
         if config is None:
             raise UnknownDataset(f"no dataset named {name!r}; GET /datasets lists them", parameter="name")
         engine = self._engines[config.source]
-        try:
+        with database_errors(f"dataset {name!r}"):
             async with engine.connect() as conn:
                 columns = await _reflect(conn, config)
-        except (OSError, exc.InterfaceError, exc.OperationalError) as error:
-            raise DatabaseUnavailable(f"dataset {name!r}: its database is unreachable") from error
-        except exc.DBAPIError as error:
-            raise DatasetUnavailable(f"dataset {name!r}: its source cannot be read") from error
         _check(config, columns)
         dataset = Dataset(config, {c.name: c for c in columns}, engine)
         self._cache[name] = dataset
@@ -112,23 +117,31 @@ async def _reflect(conn: AsyncConnection, config: DatasetConfig) -> list[Column]
     if conn.dialect.name == "postgresql":
         raw = await conn.get_raw_connection()
         statement = await raw.driver_connection.prepare(config.sql)  # type: ignore[union-attr]
-        return [
-            Column(a.name, a.type.name, _PG_KINDS.get(a.type.name, "other"), nullable=True)
-            for a in statement.get_attributes()
-        ]
+        columns = []
+        for attribute in statement.get_attributes():
+            kind = _PG_KINDS.get(attribute.type.name, "other")
+            as_text = kind in _PG_TEXT_KINDS or attribute.type.name in ("float4", "timetz")
+            columns.append(Column(attribute.name, attribute.type.name, kind, nullable=True, as_text=as_text))
+        return columns
     result = await conn.execute(sql.text(f"SELECT * FROM ({config.sql}) AS src LIMIT 0"))
     return [Column(name, "any", "other", nullable=True) for name in result.keys()]
 
 
 def _from_sqlalchemy(reflected: Any, dialect: Dialect) -> Column:
     sa_type = reflected["type"]
-    scale = getattr(sa_type, "scale", None)
+    kind = _kind(sa_type, dialect.name)
+    as_text = dialect.name == "postgresql" and (
+        kind in _PG_TEXT_KINDS
+        or isinstance(sa_type, postgresql.REAL)
+        or (isinstance(sa_type, types.Time) and bool(sa_type.timezone))
+    )
     return Column(
         name=reflected["name"],
         type=sa_type.compile(dialect=dialect).lower(),
-        kind=_kind(sa_type, dialect.name),
+        kind=kind,
         nullable=bool(reflected["nullable"]),
-        scale=scale,
+        scale=getattr(sa_type, "scale", None),
+        as_text=as_text,
     )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from exporter.errors import DatabaseUnavailable, DatasetUnavailable
 
 APPLICATION_NAME = "exporter"
 
@@ -33,6 +36,12 @@ def create_db_engine(url: str) -> AsyncEngine:
         connect_args={
             "server_settings": {
                 "application_name": APPLICATION_NAME,
+                # Fixed output formats, so PostgreSQL's own text (COPY, ::text, row_to_json) is predictable.
+                "TimeZone": "UTC",
+                "DateStyle": "ISO, YMD",
+                "IntervalStyle": "iso_8601",
+                "extra_float_digits": "1",
+                "bytea_output": "hex",
                 # A query whose client connection was dropped (the export was cancelled mid-statement and
                 # its connection discarded) stops within a second instead of running on (PostgreSQL 14+).
                 "client_connection_check_interval": "1000",
@@ -46,6 +55,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+@contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Turn database failures into ExportErrors: 503 database_unavailable when it cannot be reached,
+    503 dataset_unavailable when a statement fails. After the first byte they abort the response all the same."""
+    try:
+        yield
+    except (OSError, exc.InterfaceError, exc.OperationalError, asyncpg.InterfaceError,
+            asyncpg.ConnectionDoesNotExistError) as error:
+        raise DatabaseUnavailable(f"{what}: the database is unreachable ({_reason(error)})") from error
+    except (exc.DBAPIError, asyncpg.PostgresError) as error:
+        raise DatasetUnavailable(f"{what}: the query failed ({_reason(error)})") from error
+
+
+def _reason(error: BaseException) -> str:
+    return str(getattr(error, "orig", None) or error).splitlines()[0]
 
 
 @asynccontextmanager

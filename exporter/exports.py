@@ -14,8 +14,13 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.compression import iter_gzip
+from exporter.config import Settings
+from exporter.datasets import Dataset
 from exporter.models import ExportLogEntry
-from exporter.serializers import Serializer
+from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
+from exporter.queries import ExportQuery
+from exporter.rows import iter_rows
+from exporter.serializers import BOM, CsvOptions, Serializer, create_serializer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,10 @@ class ExportRecord:
     started: float = field(default_factory=time.monotonic)
     rows: int = 0
     bytes: int = 0
+    path: str = "generic"
+
+    def set_rows(self, rows: int) -> None:
+        self.rows = rows
 
 
 async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serializer, record: ExportRecord
@@ -48,11 +57,33 @@ async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serial
         await batches.aclose()  # type: ignore[attr-defined]
 
 
-async def iter_export(batches: AsyncIterator[Sequence[Any]], serializer: Serializer, *, gzip: bool,
-                      record: ExportRecord, log_engine: AsyncEngine) -> AsyncIterator[bytes]:
+def open_chunks(dataset: Dataset, query: ExportQuery, options: CsvOptions | None, settings: Settings,
+                record: ExportRecord) -> AsyncIterator[bytes]:
+    """The export's bytes: from COPY where it applies (PostgreSQL, fast path on), else cursor + serializer."""
+    dialect = dataset.engine.dialect.name
+    fmt = "ndjson" if options is None else "csv"
+    if settings.copy_fast_path and dialect == "postgresql" and copy_applies(query, fmt, options):
+        record.path = "copy"
+        chunks = iter_copy(dataset.engine, copy_statement(query, fmt), copy_options(fmt, options), record.set_rows)
+        return _iter_prefixed(BOM, chunks) if options is not None and options.bom else chunks
+    record.path = "generic"
+    batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
+    return iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
+
+
+async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield prefix + chunk
+            prefix = b""
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def iter_export(chunks: AsyncIterator[bytes], *, gzip: bool, record: ExportRecord, log_engine: AsyncEngine
+                      ) -> AsyncIterator[bytes]:
     """The export's body. However it ends (completed, closed because the client left, or failed), the rows
     are released and one export log row is written before this iterator finishes closing."""
-    chunks = iter_encoded(batches, serializer, record)
     if gzip:
         chunks = iter_gzip(chunks)
     outcome, error = "failed", None
@@ -86,6 +117,7 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
                     format=record.format,
                     parameters=record.parameters,
                     outcome=outcome,
+                    path=record.path,
                     rows=record.rows,
                     bytes=record.bytes,
                     duration_seconds=time.monotonic() - record.started,

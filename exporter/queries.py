@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import Select, column, select, table, text, type_coerce, types
+from sqlalchemy import Select, cast, column, select, table, text, type_coerce, types
 from sqlalchemy.sql.elements import ColumnElement
 
 from exporter.datasets import Column, Dataset
@@ -96,8 +96,15 @@ OPERATORS: dict[str, tuple[Comparison, str]] = {
 
 @dataclass(frozen=True)
 class ExportQuery:
+    """The validated SELECT (columns as the generic path reads them) and what each column is."""
+
     statement: Select[Any]
     columns: list[Column]
+    source: Any
+
+    def raw(self, name: str) -> ColumnElement[Any]:
+        """The source column itself, for expressions over it (the COPY path's renderings)."""
+        return self.source.c[name]  # type: ignore[no-any-return]
 
 
 def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: str) -> ExportQuery:
@@ -106,7 +113,7 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
     names = list(dataset.columns)
     source = _source(dataset, names)
     selected = _columns(dataset, single.get("columns"))
-    stmt = select(*(source.c[c.name] for c in selected)).select_from(source)
+    stmt = select(*(_selected(source, c) for c in selected)).select_from(source)
 
     for name, raw in params:
         if name in QUERY_PARAMETERS or name in CSV_PARAMETERS:
@@ -131,7 +138,12 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
         if not re.fullmatch(r"[0-9]+", limit) or int(limit) > _INT64[1]:
             raise InvalidParameter("limit must be a whole number, 0 or more", parameter="limit")
         stmt = stmt.limit(int(limit))
-    return ExportQuery(stmt, selected)
+    return ExportQuery(stmt, selected, source)
+
+
+def _selected(source: Any, col: Column) -> ColumnElement[Any]:
+    target = source.c[col.name]
+    return cast(target, types.Text).label(col.name) if col.as_text else target
 
 
 def _single_values(params: Sequence[tuple[str, str]]) -> dict[str, str]:

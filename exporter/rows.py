@@ -5,26 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import Select, exc
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.db import open_snapshot
-from exporter.errors import DatabaseUnavailable, DatasetUnavailable
+from exporter.db import database_errors, open_snapshot
 
 
 async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int) -> AsyncIterator[Sequence[Any]]:
     """Yield batches of up to `batch_rows` rows from a server-side cursor.
 
     Holds one pooled connection from the first iteration until exhausted or closed; closing early (aclose,
-    or cancellation) ends the query and returns the connection at once. Errors before the first batch are
-    ExportErrors (503); later ones propagate as they are, so the response is aborted.
+    or cancellation) ends the query and returns the connection at once. Database errors are ExportErrors
+    (see database_errors): a 503 before the first byte, an aborted response after it.
     """
-    async with open_snapshot(engine) as conn:
-        try:
+    with database_errors("export"):
+        async with open_snapshot(engine) as conn:
             result = await conn.stream(statement.execution_options(yield_per=batch_rows))
-        except (OSError, exc.InterfaceError, exc.OperationalError) as error:
-            raise DatabaseUnavailable("the database is unreachable") from error
-        except exc.DBAPIError as error:
-            raise DatasetUnavailable(f"the dataset's query failed: {error.orig}") from error
-        async for batch in result.partitions(batch_rows):
-            yield batch
+            async for batch in result.partitions(batch_rows):
+                yield batch

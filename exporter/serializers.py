@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -22,6 +23,8 @@ from exporter.errors import InvalidParameter, UnknownFormat
 from exporter.queries import CSV_PARAMETERS
 
 Convert = Callable[[Any], Any]
+_NEVER = object()  # equal to no value
+INFINITY = float("inf")
 BOM = "\ufeff".encode()
 
 
@@ -30,22 +33,46 @@ def _decimal_text(value: Decimal) -> str:
 
 
 def _float_text(value: float) -> str:
+    """PostgreSQL's float8 output (shortest round-trip digits; exponent form below 1e-4 and from 1e15)."""
     if value != value:
         return "NaN"
-    if value in (float("inf"), float("-inf")):
+    if value in (INFINITY, -INFINITY):
         return _infinity(value)
-    return repr(value)
+    number = Decimal(repr(value))
+    if not number:
+        return "-0" if str(number).startswith("-") else "0"
+    sign, digits, exponent = number.normalize().as_tuple()
+    assert isinstance(exponent, int)
+    power = exponent + len(digits) - 1
+    if -4 <= power < 15:
+        return format(number.normalize(), "f")
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
 
 
 def _infinity(value: Decimal | float) -> str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
-def _timestamptz_text(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat()
+def _fraction(microsecond: int) -> str:
+    """Fractional seconds as PostgreSQL writes them: none when zero, else without trailing zeros."""
+    return f".{microsecond:06d}".rstrip("0") if microsecond else ""
 
 
-def _iso_text(value: date | time | datetime) -> str:
+def _timestamp_text(value: datetime) -> str:
+    if value.tzinfo is None and value in (datetime.max, datetime.min):
+        return "infinity" if value == datetime.max else "-infinity"  # how asyncpg hands back ±infinity
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%dT%H:%M:%S") + _fraction(value.microsecond) + "+00:00"
+    return value.strftime("%Y-%m-%dT%H:%M:%S") + _fraction(value.microsecond)
+
+
+def _time_text(value: time) -> str:
+    return value.strftime("%H:%M:%S") + _fraction(value.microsecond)
+
+
+def _date_text(value: date) -> str:
     return value.isoformat()
 
 
@@ -75,9 +102,11 @@ def _any_text(value: Any) -> str:
     if isinstance(value, Decimal):
         return _decimal_text(value)
     if isinstance(value, datetime):
-        return _timestamptz_text(value) if value.tzinfo else value.isoformat()
-    if isinstance(value, date | time):
-        return value.isoformat()
+        return _timestamp_text(value)
+    if isinstance(value, date):
+        return _date_text(value)
+    if isinstance(value, time):
+        return _time_text(value)
     return str(value)
 
 
@@ -88,10 +117,10 @@ _TEXT: dict[str, Convert | None] = {
     "decimal": _decimal_text,
     "float": _float_text,
     "boolean": _bool_text,
-    "date": _iso_text,
-    "time": _iso_text,
-    "timestamp": _iso_text,
-    "timestamptz": _timestamptz_text,
+    "date": _date_text,
+    "time": _time_text,
+    "timestamp": _timestamp_text,
+    "timestamptz": _timestamp_text,
     "interval": _interval_text,
     "uuid": str,
     "json": _json_text,
@@ -102,6 +131,10 @@ _TEXT: dict[str, Convert | None] = {
 
 def _decimal_json(value: Decimal) -> Any:
     return orjson.Fragment(format(value, "f")) if value.is_finite() else None
+
+
+def _float_json(value: float) -> Any:
+    return orjson.Fragment(_float_text(value)) if math.isfinite(value) else None
 
 
 def _json_fragment(value: Any) -> Any:
@@ -115,8 +148,10 @@ def _json_fragment(value: Any) -> Any:
 
 
 def _any_json(value: Any) -> Any:
-    if isinstance(value, bool | int | float | str):
+    if isinstance(value, bool | int | str):
         return value
+    if isinstance(value, float):
+        return _float_json(value)
     if isinstance(value, Decimal):
         return _decimal_json(value)
     return _any_text(value)
@@ -126,7 +161,7 @@ def _any_json(value: Any) -> Any:
 _JSON: dict[str, Convert | None] = {
     "integer": None,
     "text": None,
-    "float": None,  # orjson writes NaN and ±Infinity as null: they are not JSON
+    "float": _float_json,  # NaN and ±Infinity are not JSON: null
     "boolean": bool,
     "decimal": _decimal_json,
     "json": _json_fragment,
@@ -172,6 +207,10 @@ def _normalizer(col: Column, dialect: str) -> Convert | None:
     if col.kind == "boolean":
         return bool
     return None
+
+
+def _kind(col: Column) -> str:
+    return "text" if col.as_text else col.kind
 
 
 def _compose(first: Convert | None, second: Convert | None) -> Convert | None:
@@ -252,13 +291,15 @@ class CsvSerializer:
         self._options = options
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, delimiter=options.delimiter, lineterminator="\n")
-        self._special = (options.null, "\\.")  # values that must be quoted although csv would not
+        # Values csv.writer would not quote but must be: the NULL text, and `\.` alone on a line (COPY's
+        # end-of-data marker), which only a one-column row can produce.
+        self._special = (options.null, "\\." if len(columns) == 1 else _NEVER)
         # A NULL text other than "" must also be found among integers, so then every value becomes text.
         to_text = str if options.null else None
         self._converters = [
             (i, conv)
             for i, col in enumerate(columns)
-            if (conv := _compose(_normalizer(col, dialect), _TEXT[col.kind] or to_text)) is not None
+            if (conv := _compose(_normalizer(col, dialect), _TEXT[_kind(col)] or to_text)) is not None
         ]
 
     def header(self) -> bytes:
@@ -328,7 +369,7 @@ class NdjsonSerializer:
         self._converters = [
             (i, conv)
             for i, col in enumerate(columns)
-            if (conv := _compose(_normalizer(col, dialect), _JSON.get(col.kind, _TEXT[col.kind]))) is not None
+            if (conv := _compose(_normalizer(col, dialect), _JSON.get(_kind(col), _TEXT[_kind(col)]))) is not None
         ]
 
     def header(self) -> bytes:
@@ -359,9 +400,17 @@ def split_filename(filename: str) -> tuple[str, str, bool]:
     return name, fmt, gzipped
 
 
-def create_serializer(fmt: str, columns: Sequence[Column], dialect: str, params: Mapping[str, str]
-                      ) -> Serializer:
+def format_options(fmt: str, params: Mapping[str, str]) -> CsvOptions | None:
+    """The CSV options of a CSV export; None for NDJSON, which takes none."""
     if fmt == "csv":
-        return CsvSerializer(columns, dialect, csv_options(params))
+        return csv_options(params)
     reject_csv_options(params)
-    return NdjsonSerializer(columns, dialect)
+    return None
+
+
+def media_type(options: CsvOptions | None) -> str:
+    return NdjsonSerializer.media_type if options is None else CsvSerializer.media_type
+
+
+def create_serializer(columns: Sequence[Column], dialect: str, options: CsvOptions | None) -> Serializer:
+    return NdjsonSerializer(columns, dialect) if options is None else CsvSerializer(columns, dialect, options)

@@ -6,11 +6,10 @@ from fastapi import APIRouter, Request, Response
 
 from exporter.compression import accepts_gzip
 from exporter.deps import CatalogDep, EngineDep, SettingsDep
-from exporter.exports import ExportRecord, iter_export
+from exporter.exports import ExportRecord, iter_export, open_chunks
 from exporter.queries import build_query
 from exporter.responses import download_headers, head_response, stream_response
-from exporter.rows import iter_rows
-from exporter.serializers import create_serializer, split_filename
+from exporter.serializers import format_options, media_type, split_filename
 
 router = APIRouter(tags=["exports"])
 
@@ -23,22 +22,21 @@ async def export(filename: str, request: Request, catalog: CatalogDep, engine: E
     dialect = dataset.engine.dialect.name
     params = request.query_params.multi_items()
     query = build_query(dataset, params, dialect)
-    serializer = create_serializer(fmt, query.columns, dialect, dict(params))
+    options = format_options(fmt, dict(params))
     if gzip_file:
         headers = download_headers(filename, "application/gzip")
     elif accepts_gzip(request.headers.get("accept-encoding", "")):
-        headers = download_headers(filename, serializer.media_type,
+        headers = download_headers(filename, media_type(options),
                                    {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
     else:
-        headers = download_headers(filename, serializer.media_type, {"Vary": "Accept-Encoding"})
+        headers = download_headers(filename, media_type(options), {"Vary": "Accept-Encoding"})
     if request.method == "HEAD":
         return head_response(headers)
 
     record = ExportRecord(dataset.name, fmt + (".gz" if gzip_file else ""), _grouped(params),
                           request.client.host if request.client else None)
-    rows = iter_rows(dataset.engine, query.statement, settings.batch_rows)
-    body = iter_export(rows, serializer, gzip="Content-Encoding" in headers or gzip_file, record=record,
-                       log_engine=engine)
+    chunks = open_chunks(dataset, query, options, settings, record)
+    body = iter_export(chunks, gzip="Content-Encoding" in headers or gzip_file, record=record, log_engine=engine)
     return stream_response(body, headers)
 
 

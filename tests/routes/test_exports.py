@@ -298,8 +298,8 @@ def test_csv_export_sends_first_rows_before_the_query_finishes_in_chunks_of_tens
         sizes = [len(first)]
         while (chunk := reader.next_chunk()) is not None:
             sizes.append(len(chunk))
-    assert len(sizes) == 200
-    assert all(32 * 1024 <= size <= 256 * 1024 for size in sizes), sizes
+    assert sum(sizes) > 8 * 1024 * 1024
+    assert all(32 * 1024 <= size <= 256 * 1024 for size in sizes[1:-1]), sizes
     assert wait_for(lambda: export_log(db, "orders"))[0]["outcome"] == "completed"
 
 
