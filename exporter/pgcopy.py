@@ -80,9 +80,9 @@ def copy_applies(query: ExportQuery, fmt: str, options: CsvOptions | None) -> bo
         return True
     if len(options.delimiter.encode()) != 1:
         return False  # COPY takes only a single-byte delimiter
-    # One column, NULL text "": the generic path writes a NULL as `""` so no row reads as a blank line;
-    # COPY writes an empty line.
-    return not (len(query.columns) == 1 and options.null == "")
+    # In a one-column export COPY writes an empty string (or a NULL) as a blank line, which CSV readers
+    # skip; the generic path writes `""`.
+    return len(query.columns) > 1
 
 
 def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
@@ -138,7 +138,7 @@ async def _iter_copy(engine: AsyncEngine, sql: str, args: list[Any], options: di
         driver: Any = raw.driver_connection
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(QUEUED_PIECES)
 
-        async def run() -> None:
+        async def run() -> int:
             try:
                 status = await driver.copy_from_query(sql, *args, output=queue.put, **options)
             except asyncio.CancelledError:
@@ -146,8 +146,8 @@ async def _iter_copy(engine: AsyncEngine, sql: str, args: list[Any], options: di
             except BaseException as error:
                 await queue.put(error)
                 raise
-            on_rows(int(status.split()[-1]))
             await queue.put(None)
+            return int(status.split()[-1])  # "COPY 1000000"
 
         task = asyncio.create_task(run())
         try:
@@ -157,6 +157,7 @@ async def _iter_copy(engine: AsyncEngine, sql: str, args: list[Any], options: di
                 lines += chunk.count(b"\n")
                 on_rows(max(lines, 0))  # until COPY reports its count; CSV values may hold line breaks
                 yield chunk
+            on_rows(await task)
         finally:
             if not task.done():
                 task.cancel()

@@ -113,7 +113,7 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
     names = list(dataset.columns)
     source = _source(dataset, names)
     selected = _columns(dataset, single.get("columns"))
-    stmt = select(*(_selected(source, c) for c in selected)).select_from(source)
+    stmt = select(*(_selected(source, c, dialect) for c in selected)).select_from(source)
 
     for name, raw in params:
         if name in QUERY_PARAMETERS or name in CSV_PARAMETERS:
@@ -141,9 +141,13 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
     return ExportQuery(stmt, selected, source)
 
 
-def _selected(source: Any, col: Column) -> ColumnElement[Any]:
-    target = source.c[col.name]
-    return cast(target, types.Text).label(col.name) if col.as_text else target
+def _selected(source: Any, col: Column, dialect: str) -> ColumnElement[Any]:
+    """The column as the generic path reads it: PostgreSQL's text where the driver's value would not map
+    back to that text one to one (Column.as_text), and JSON as its text, not decoded and encoded again."""
+    target: ColumnElement[Any] = source.c[col.name]
+    if col.as_text or (col.kind == "json" and dialect == "postgresql"):
+        return cast(target, types.Text).label(col.name)
+    return target
 
 
 def _single_values(params: Sequence[tuple[str, str]]) -> dict[str, str]:

@@ -36,6 +36,12 @@ def pg(pg: Database) -> Database:
     return pg
 
 
+@pytest.fixture(params=["copy", "generic"])
+def path(request: pytest.FixtureRequest) -> str:
+    """Each failure test runs on both export paths: PostgreSQL's COPY and cursor + serializer."""
+    return str(request.param)
+
+
 def busy_backends(pg: Database) -> list[int]:
     """Our backends that are running a query or holding a transaction open."""
     rows = pg.execute(
@@ -58,9 +64,9 @@ def terminate_exports(pg: Database) -> None:
 @pytest.mark.parametrize(("filename", "starts_with"), [("slow.csv", b"id,digest\n"), ("slow.ndjson", b'{"id":1,'),
                                                        ("slow.csv.gz", b"\x1f\x8b")])
 def test_terminated_backend_mid_export_makes_curl_exit_with_an_incomplete_transfer(
-    pg: Database, serve: Serve, tmp_path: Path, filename: str, starts_with: bytes
+    pg: Database, serve: Serve, tmp_path: Path, filename: str, starts_with: bytes, path: str
 ) -> None:
-    server = serve(pg.settings(batch_rows=100, datasets=SLOW))
+    server = serve(pg.settings(batch_rows=100, datasets=SLOW, copy_fast_path=path == "copy"))
     output = tmp_path / filename
     curl = subprocess.Popen(["curl", "-sS", "-o", str(output), f"{server.url}/exports/{filename}"],
                             stderr=subprocess.PIPE)
@@ -70,27 +76,30 @@ def test_terminated_backend_mid_export_makes_curl_exit_with_an_incomplete_transf
     assert curl.returncode == 18, stderr  # CURLE_PARTIAL_FILE: the chunked body never ended
     assert output.read_bytes().startswith(starts_with)
     entry = wait_for(lambda: export_log(pg, "slow"))[0]
-    assert entry["outcome"] == "failed"
+    assert (entry["outcome"], entry["path"]) == ("failed", path)
     assert entry["error"]
     wait_for(lambda: pool_idle(server))
     after = httpx.get(f"{server.url}/exports/slow.csv", params={"limit": "1"})
     assert after.text == "id,digest\n1,c4ca4238a0b923820dcc509a6f75849b\n"
 
 
-def test_client_disconnect_cancels_the_query_and_returns_the_connection(pg: Database, serve: Serve) -> None:
-    server = serve(pg.settings(batch_rows=100, datasets=SLOW))
+def test_client_disconnect_cancels_the_query_and_returns_the_connection(
+    pg: Database, serve: Serve, path: str
+) -> None:
+    server = serve(pg.settings(batch_rows=100, datasets=SLOW, copy_fast_path=path == "copy"))
     with ChunkedReader(server.url, "/exports/slow.ndjson") as reader:
         assert reader.next_chunk()
         assert busy_backends(pg)
     wait_for(lambda: not busy_backends(pg) and pool_idle(server), seconds=5)
-    assert wait_for(lambda: export_log(pg, "slow"))[0]["outcome"] == "aborted"
+    entry = wait_for(lambda: export_log(pg, "slow"))[0]
+    assert (entry["outcome"], entry["path"]) == ("aborted", path)
 
 
 def test_a_hundred_aborted_downloads_leave_no_query_running_and_no_pool_slot_taken(
-    db: Database, serve: Serve
+    db: Database, serve: Serve, path: str
 ) -> None:
     db.seed_demo(50_000)
-    server = serve(db.settings(batch_rows=200))
+    server = serve(db.settings(batch_rows=200, copy_fast_path=path == "copy"))
     for i in range(100):
         path = "/exports/orders.csv" if i % 2 else "/exports/orders.ndjson.gz"
         with ChunkedReader(server.url, path) as reader:
@@ -102,8 +111,8 @@ def test_a_hundred_aborted_downloads_leave_no_query_running_and_no_pool_slot_tak
     assert httpx.get(f"{server.url}/exports/orders.csv", params={"limit": "3"}).text.count("\n") == 4
 
 
-def test_httpx_sees_an_incomplete_body_when_the_backend_dies(pg: Database, serve: Serve) -> None:
-    server = serve(pg.settings(batch_rows=100, datasets=SLOW))
+def test_httpx_sees_an_incomplete_body_when_the_backend_dies(pg: Database, serve: Serve, path: str) -> None:
+    server = serve(pg.settings(batch_rows=100, datasets=SLOW, copy_fast_path=path == "copy"))
     with httpx.stream("GET", f"{server.url}/exports/slow.ndjson") as response:
         chunks = response.iter_raw()
         next(chunks)
@@ -119,12 +128,14 @@ def test_httpx_sees_an_incomplete_body_when_the_backend_dies(pg: Database, serve
         assert time.monotonic() - started < 60
 
 
-def test_client_leaving_while_the_first_rows_are_computed_cancels_the_query(pg: Database, serve: Serve) -> None:
+def test_client_leaving_while_the_first_rows_are_computed_cancels_the_query(
+    pg: Database, serve: Serve, path: str
+) -> None:
     # Ordering this view by a non-indexed column makes PostgreSQL run the whole scan (about 40 s of
     # pg_sleep) before the first row; the client gives up long before that.
     pg.execute("CREATE OR REPLACE VIEW slow AS SELECT * FROM slow_rows"
                " WHERE id % 1000 <> 0 OR pg_sleep(0.2)::text = ''")
-    server = serve(pg.settings(datasets=SLOW))
+    server = serve(pg.settings(datasets=SLOW, copy_fast_path=path == "copy"))
     with ChunkedReader.connect(server.url, "/exports/slow.csv?order=digest"):
         wait_for(lambda: busy_backends(pg))
     wait_for(lambda: not busy_backends(pg) and pool_idle(server), seconds=5)
