@@ -67,7 +67,10 @@ def compiled(params: Sequence[tuple[str, str]], dialect: str = "postgresql",
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_query_selects_every_column_ordered_by_the_key_by_default(dialect: str) -> None:
-    assert compiled([], dialect) == (f"SELECT {ALL_COLUMNS} FROM orders ORDER BY orders.id", [])
+    # On PostgreSQL JSON is read as its text: the driver would decode it (and a JSON string come out bare).
+    columns = ALL_COLUMNS.replace("orders.extra", "CAST(orders.extra AS TEXT) AS extra") if dialect == "postgresql" \
+        else ALL_COLUMNS
+    assert compiled([], dialect) == (f"SELECT {columns} FROM orders ORDER BY orders.id", [])
 
 
 def test_columns_parameter_keeps_the_requested_order() -> None:
