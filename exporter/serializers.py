@@ -54,22 +54,22 @@ def _infinity(value: Decimal | float) -> str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
-def _fraction(microsecond: int) -> str:
-    """Fractional seconds as PostgreSQL writes them: none when zero, else without trailing zeros."""
-    return f".{microsecond:06d}".rstrip("0") if microsecond else ""
-
-
 def _timestamp_text(value: datetime) -> str:
-    if value.tzinfo is None and value in (datetime.max, datetime.min):
-        return "infinity" if value == datetime.max else "-infinity"  # how asyncpg hands back ±infinity
-    if value.tzinfo is not None:
+    if value.tzinfo is None:
+        if value in (datetime.max, datetime.min):
+            return "infinity" if value == datetime.max else "-infinity"  # how asyncpg hands back ±infinity
+        text = value.isoformat()
+        return text if not value.microsecond else text.rstrip("0")
+    if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-        return value.strftime("%Y-%m-%dT%H:%M:%S") + _fraction(value.microsecond) + "+00:00"
-    return value.strftime("%Y-%m-%dT%H:%M:%S") + _fraction(value.microsecond)
+    if not value.microsecond:
+        return value.isoformat()  # ends in +00:00
+    return value.replace(tzinfo=None).isoformat().rstrip("0") + "+00:00"
 
 
 def _time_text(value: time) -> str:
-    return value.strftime("%H:%M:%S") + _fraction(value.microsecond)
+    text = value.isoformat()
+    return text.rstrip("0") if value.microsecond else text
 
 
 def _date_text(value: date) -> str:
@@ -220,18 +220,14 @@ def _compose(first: Convert | None, second: Convert | None) -> Convert | None:
 
 
 def _converted(batch: Sequence[Sequence[Any]], converters: list[tuple[int, Convert]]) -> Sequence[Sequence[Any]]:
-    """The batch with each converter applied to its column's non-NULL values; as it is when there are none."""
-    if not converters:
+    """The batch with each converter applied to its column's non-NULL values; as it is when there are none.
+    Works column by column: one comprehension per converted column is cheaper than a loop per row."""
+    if not converters or not batch:
         return batch
-    rows = []
-    for row in batch:
-        values = list(row)
-        for i, convert in converters:
-            value = values[i]
-            if value is not None:
-                values[i] = convert(value)
-        rows.append(values)
-    return rows
+    columns = list(zip(*batch, strict=True))
+    for i, convert in converters:
+        columns[i] = tuple([None if v is None else convert(v) for v in columns[i]])
+    return list(zip(*columns, strict=True))
 
 
 class Serializer(Protocol):
@@ -289,6 +285,8 @@ class CsvSerializer:
     def __init__(self, columns: Sequence[Column], dialect: str, options: CsvOptions) -> None:
         self._columns = [c.name for c in columns]
         self._options = options
+        # Columns whose values are text once converted; only they can hold a CR.
+        self._texts = [i for i, c in enumerate(columns) if _kind(c) in ("text", "json", "other") or options.null]
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, delimiter=options.delimiter, lineterminator="\n")
         # Values csv.writer would not quote but must be: the NULL text, and `\.` alone on a line (COPY's
@@ -320,7 +318,8 @@ class CsvSerializer:
         text = self._write(rows, special)
         if "\r" in text:
             # Python 3.11's csv quotes only the line terminator's characters (LF), not a lone CR.
-            special = sorted({*special, *(i for i, row in enumerate(rows) if _has_cr(row))})
+            with_cr = (i for i, row in enumerate(rows) if any("\r" in row[c] for c in self._texts if row[c]))
+            special = sorted({*special, *with_cr})
             text = self._write(rows, special)
         return text.encode()
 
@@ -353,10 +352,6 @@ class CsvSerializer:
         if len(fields) == 1 and fields[0] == "":
             fields[0] = '""'  # as csv.writer: a lone empty field would read as a blank line
         return delimiter.join(fields) + "\n"
-
-
-def _has_cr(row: Sequence[Any]) -> bool:
-    return any(isinstance(value, str) and "\r" in value for value in row)
 
 
 class NdjsonSerializer:
