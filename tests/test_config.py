@@ -153,3 +153,17 @@ def test_packaged_default_config_declares_the_demo_orders_dataset() -> None:
     assert (orders.name, orders.table, orders.key, orders.sql, orders.source) == ("orders", "orders", "id", None, None)
     assert "id" in orders.filterable
     assert settings.database_url == DEFAULT_DATABASE_URL
+
+
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("0", False), ("true", True), ("1", True)])
+def test_copy_fast_path_is_on_by_default_and_turned_off_by_the_environment(
+    tmp_path: Path, value: str, expected: bool
+) -> None:
+    assert Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path)}).copy_fast_path is True
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_COPY_FAST_PATH": value}
+    assert Settings.from_environ(environ).copy_fast_path is expected
+
+
+def test_copy_fast_path_that_is_not_a_flag_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="copy_fast_path"):
+        Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_COPY_FAST_PATH": "sometimes"})
