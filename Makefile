@@ -26,5 +26,8 @@ test: $(VENV)/.installed
 	$(BIN)/mypy exporter
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+bench: $(VENV)/.installed
+	$(BIN)/python -m tests.benchmarks
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -194,6 +194,89 @@ def _sqlite_date(value: Any) -> Any:
     return date.fromisoformat(value[:10]) if isinstance(value, str) else value
 
 
+def _sqlite_decimal_text(scale: int | None) -> Convert:
+    """NUMERIC(p, s) from SQLite's float straight to text: a double holding at most 15 significant digits
+    formats back to exactly those digits; anything larger goes through Decimal."""
+    exact = _compose(_sqlite_decimal(scale), _decimal_text)
+    assert exact is not None
+    if scale is None:
+        return exact
+
+    def convert(value: Any) -> str:
+        if isinstance(value, int | float) and -1e15 < value < 1e15:
+            return f"{value:.{scale}f}"
+        return str(exact(value))
+
+    return convert
+
+
+def _sqlite_timestamp_text(value: Any) -> str:
+    """SQLAlchemy's SQLite DATETIME text (`2024-01-01 10:00:00.500000`, UTC) straight to the ISO form."""
+    if isinstance(value, str) and len(value) == 26 and value[10] == " " and value[19] == ".":
+        fraction = value[19:].rstrip("0")
+        return f"{value[:10]}T{value[11:19]}{fraction if len(fraction) > 1 else ''}+00:00"
+    return _timestamp_text(_sqlite_timestamp(value))
+
+
+def _text_converter(col: Column, dialect: str) -> Convert | None:
+    kind = _kind(col)
+    if kind == "boolean":
+        return _bool_text  # True / False, and SQLite's 1 / 0
+    if dialect == "sqlite" and kind == "decimal":
+        return _sqlite_decimal_text(col.scale)
+    if dialect == "sqlite" and kind == "timestamptz":
+        return _sqlite_timestamp_text
+    return _compose(_normalizer(col, dialect), _TEXT[kind])
+
+
+def _json_converter(col: Column, dialect: str) -> Convert | None:
+    kind = _kind(col)
+    if kind == "timestamptz" and dialect != "sqlite":
+        return _timestamp_json
+    if kind == "boolean":
+        return bool if dialect == "sqlite" else None  # SQLite hands back 1 / 0
+    if dialect == "sqlite" and kind == "decimal":
+        text = _sqlite_decimal_text(col.scale)
+        return lambda value: orjson.Fragment(text(value)) if math.isfinite(value) else None
+    if dialect == "sqlite" and kind == "timestamptz":
+        return _sqlite_timestamp_text
+    return _compose(_normalizer(col, dialect), _JSON.get(kind, _TEXT[kind]))
+
+
+ColumnConvert = Callable[[Sequence[Any]], Sequence[Any]]
+_BOOL_TEXT = {True: "true", False: "false"}  # also SQLite's 1 and 0, which equal True and False
+_BOOL_JSON = {True: True, False: False}
+
+
+def _timestamps_text(values: Sequence[Any]) -> list[Any]:
+    """A column of timestamps as text: orjson writes a UTC datetime as we do (`…T10:00:00+00:00`) in C, except
+    that it keeps six fraction digits; those values, other offsets and ±infinity go through _timestamp_text."""
+    texts = orjson.loads(orjson.dumps(values))
+    return [
+        text if text is None or (text[19] == "+" and text.endswith("+00:00")) else _timestamp_text(value)
+        for text, value in zip(texts, values, strict=True)
+    ]
+
+
+def _timestamp_json(value: datetime) -> Any:
+    """orjson writes a UTC datetime without fraction as we would; the rest as our text."""
+    return value if value.tzinfo is UTC and not value.microsecond else _timestamp_text(value)
+
+
+def _for_column(convert: Convert | None, col: Column) -> ColumnConvert | None:
+    """A converter of a whole column's values; map() where no NULL can occur, a dict lookup for booleans."""
+    if convert is None:
+        return None
+    if convert is _timestamp_text and col.kind == "timestamptz":
+        return _timestamps_text
+    if convert in (_bool_text, bool):
+        table = _BOOL_TEXT if convert is _bool_text else _BOOL_JSON
+        return lambda values: list(map(table.get, values))
+    if not col.nullable:
+        return lambda values: list(map(convert, values))
+    return lambda values: [None if v is None else convert(v) for v in values]
+
+
 def _normalizer(col: Column, dialect: str) -> Convert | None:
     """The database's value → the canonical Python value, where the driver does not hand that back."""
     if dialect != "sqlite":
@@ -219,15 +302,13 @@ def _compose(first: Convert | None, second: Convert | None) -> Convert | None:
     return lambda value: second(first(value))
 
 
-def _converted(batch: Sequence[Sequence[Any]], converters: list[tuple[int, Convert]]) -> Sequence[Sequence[Any]]:
-    """The batch with each converter applied to its column's non-NULL values; as it is when there are none.
-    Works column by column: one comprehension per converted column is cheaper than a loop per row."""
-    if not converters or not batch:
-        return batch
-    columns = list(zip(*batch, strict=True))
+def _converted(batch: Sequence[Sequence[Any]], converters: list[tuple[int, ColumnConvert]]
+               ) -> list[Sequence[Any]]:
+    """The batch as columns, each converted column replaced by its converted values."""
+    columns: list[Sequence[Any]] = list(zip(*batch, strict=True))
     for i, convert in converters:
-        columns[i] = tuple([None if v is None else convert(v) for v in columns[i]])
-    return list(zip(*columns, strict=True))
+        columns[i] = convert(columns[i])
+    return columns
 
 
 class Serializer(Protocol):
@@ -276,6 +357,13 @@ def _flag(params: Mapping[str, str], name: str, *, default: bool) -> bool:
     return raw == "true"
 
 
+def _find(values: Sequence[Any], *targets: object) -> list[tuple[int, Any]]:
+    """(index, value) of the values equal to a target; cheap when none is, the usual case."""
+    if not any(target in values for target in targets):
+        return []
+    return [(j, value) for j, value in enumerate(values) if value in targets]
+
+
 class CsvSerializer:
     """RFC 4180 quoting with LF line ends; a value equal to the NULL text (by default "") is quoted,
     so an empty string ("") and NULL (nothing) stay apart, as in PostgreSQL's COPY."""
@@ -285,7 +373,7 @@ class CsvSerializer:
     def __init__(self, columns: Sequence[Column], dialect: str, options: CsvOptions) -> None:
         self._columns = [c.name for c in columns]
         self._options = options
-        # Columns whose values are text once converted; only they can hold a CR.
+        # Columns whose values are text once converted: only they can equal the NULL text or hold a CR.
         self._texts = [i for i, c in enumerate(columns) if _kind(c) in ("text", "json", "other") or options.null]
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, delimiter=options.delimiter, lineterminator="\n")
@@ -293,32 +381,34 @@ class CsvSerializer:
         # end-of-data marker), which only a one-column row can produce.
         self._special = (options.null, "\\." if len(columns) == 1 else _NEVER)
         # A NULL text other than "" must also be found among integers, so then every value becomes text.
-        to_text = str if options.null else None
         self._converters = [
-            (i, conv)
+            (i, convert)
             for i, col in enumerate(columns)
-            if (conv := _compose(_normalizer(col, dialect), _TEXT[_kind(col)] or to_text)) is not None
+            if (convert := _for_column(_text_converter(col, dialect) or (str if options.null else None), col))
         ]
 
     def header(self) -> bytes:
         head = BOM if self._options.bom else b""
         if not self._options.header:
             return head
-        return head + self._encode_rows([self._columns])
+        return head + self._encode_columns([[name] for name in self._columns])
 
     def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
-        return self._encode_rows(_converted(batch, self._converters))
+        if not batch:
+            return b""
+        return self._encode_columns(_converted(batch, self._converters))
 
     def footer(self) -> bytes:
         return b""
 
-    def _encode_rows(self, rows: Sequence[Sequence[Any]]) -> bytes:
+    def _encode_columns(self, columns: list[Sequence[Any]]) -> bytes:
         null, end_marker = self._special
-        special = [i for i, row in enumerate(rows) if null in row or end_marker in row]
+        special = sorted({j for i in self._texts for j, value in _find(columns[i], null, end_marker)})
+        rows = list(zip(*columns, strict=True))
         text = self._write(rows, special)
         if "\r" in text:
             # Python 3.11's csv quotes only the line terminator's characters (LF), not a lone CR.
-            with_cr = (i for i, row in enumerate(rows) if any("\r" in row[c] for c in self._texts if row[c]))
+            with_cr = (j for i in self._texts for j, value in enumerate(columns[i]) if value and "\r" in value)
             special = sorted({*special, *with_cr})
             text = self._write(rows, special)
         return text.encode()
@@ -362,20 +452,20 @@ class NdjsonSerializer:
     def __init__(self, columns: Sequence[Column], dialect: str) -> None:
         self._names = [c.name for c in columns]
         self._converters = [
-            (i, conv)
+            (i, convert)
             for i, col in enumerate(columns)
-            if (conv := _compose(_normalizer(col, dialect), _JSON.get(_kind(col), _TEXT[_kind(col)]))) is not None
+            if (convert := _for_column(_json_converter(col, dialect), col))
         ]
 
     def header(self) -> bytes:
         return b""
 
     def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
+        if not batch:
+            return b""
         names, dumps, option = self._names, orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        return b"".join(
-            dumps(dict(zip(names, row, strict=True)), option=option)
-            for row in _converted(batch, self._converters)
-        )
+        rows = zip(*_converted(batch, self._converters), strict=True) if self._converters else batch
+        return b"".join([dumps(dict(zip(names, row, strict=True)), option=option) for row in rows])
 
     def footer(self) -> bytes:
         return b""
