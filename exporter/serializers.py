@@ -210,6 +210,13 @@ def _sqlite_decimal_text(scale: int | None) -> Convert:
     return convert
 
 
+def _sqlite_decimal_column(scale: int | None) -> Convert:
+    """_sqlite_decimal_text, carrying a whole-column form for _for_column."""
+    one = _sqlite_decimal_text(scale)
+    one.column = _sqlite_decimals_text(scale)  # type: ignore[attr-defined]
+    return one
+
+
 def _sqlite_timestamp_text(value: Any) -> str:
     """SQLAlchemy's SQLite DATETIME text (`2024-01-01 10:00:00.500000`, UTC) straight to the ISO form."""
     if isinstance(value, str) and len(value) == 26 and value[10] == " " and value[19] == ".":
@@ -218,12 +225,24 @@ def _sqlite_timestamp_text(value: Any) -> str:
     return _timestamp_text(_sqlite_timestamp(value))
 
 
+def _sqlite_decimals_text(scale: int | None) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """A NOT NULL column of SQLite NUMERIC(p, s) floats formatted by one %-operation; see _sqlite_decimal_text."""
+    one = _sqlite_decimal_text(scale)
+
+    def convert(values: Sequence[Any]) -> Sequence[Any]:
+        if scale is None or not values or None in values or not -1e15 < min(values) <= max(values) < 1e15:
+            return [None if v is None else one(v) for v in values]
+        return (f"%.{scale}f\x00" * len(values) % tuple(values))[:-1].split("\x00")
+
+    return convert
+
+
 def _text_converter(col: Column, dialect: str) -> Convert | None:
     kind = _kind(col)
     if kind == "boolean":
         return _bool_text  # True / False, and SQLite's 1 / 0
     if dialect == "sqlite" and kind == "decimal":
-        return _sqlite_decimal_text(col.scale)
+        return _sqlite_decimal_column(col.scale)
     if dialect == "sqlite" and kind == "timestamptz":
         return _sqlite_timestamp_text
     return _compose(_normalizer(col, dialect), _TEXT[kind])
@@ -269,6 +288,8 @@ def _for_column(convert: Convert | None, col: Column) -> ColumnConvert | None:
         return None
     if convert is _timestamp_text and col.kind == "timestamptz":
         return _timestamps_text
+    if getattr(convert, "column", None) is not None:
+        return convert.column  # type: ignore[attr-defined, no-any-return]
     if convert in (_bool_text, bool):
         table = _BOOL_TEXT if convert is _bool_text else _BOOL_JSON
         return lambda values: list(map(table.get, values))
