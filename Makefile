@@ -28,6 +28,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
+	$(BIN)/python -m tests.bench_files
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -13,7 +13,7 @@ from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
-from exporter.routes import datasets, exports, health
+from exporter.routes import datasets, exports, files, health
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -34,6 +34,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    for module in (datasets, exports, health):
+    for module in (datasets, exports, files, health):
         app.include_router(module.router)
     return app

@@ -1,8 +1,10 @@
-"""Settings from the environment and the TOML config file (datasets, source databases); built once, frozen."""
+"""Settings from the environment and the TOML config file (datasets, source databases, file roots); built once,
+frozen."""
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +15,9 @@ from exporter.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see README "Files"
+MAX_FILE_CHUNK_BYTES = 64 * 1024 * 1024
+ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -29,18 +34,31 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class FileRootConfig:
+    """A directory served under /files/{name}/. `path` is absolute with symlinks resolved (a relative path in the
+    config is taken from the working directory); `hidden` allows names starting with a dot."""
+
+    name: str
+    path: Path
+    hidden: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
     copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
+    file_roots: Mapping[str, FileRootConfig] = field(default_factory=dict)
+    file_chunk_bytes: int = DEFAULT_FILE_CHUNK_BYTES  # every file chunk but a range's last has this size
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
-        """Build from the TOML file's shape plus top-level `database_url` and `batch_rows`; `environ`
-        supplies the variables that sources name with `url_env`."""
-        known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources"}
+        """Build from the TOML file's shape plus top-level `database_url`, `batch_rows` and `file_chunk_bytes`;
+        `environ` supplies the variables that sources name with `url_env`. A file root that is not a directory
+        is a ConfigError."""
+        known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -48,18 +66,15 @@ class Settings:
         datasets = {
             name: _dataset(name, table, sources) for name, table in data.get("datasets", {}).items()
         }
-        try:
-            batch_rows = int(data.get("batch_rows", cls.batch_rows))
-        except (TypeError, ValueError):
-            raise ConfigError(f"batch_rows must be a whole number, got {data['batch_rows']!r}") from None
-        if batch_rows < 1:
-            raise ConfigError("batch_rows must be at least 1")
         return cls(
             database_url=str(data.get("database_url", DEFAULT_DATABASE_URL)),
-            batch_rows=batch_rows,
+            batch_rows=_whole("batch_rows", data.get("batch_rows", cls.batch_rows), 1),
             copy_fast_path=_flag("copy_fast_path", data.get("copy_fast_path", True)),
             datasets=datasets,
             sources=sources,
+            file_roots=_file_roots(data.get("files", {})),
+            file_chunk_bytes=_whole("file_chunk_bytes", data.get("file_chunk_bytes", cls.file_chunk_bytes), 1,
+                                    MAX_FILE_CHUNK_BYTES),
         )
 
     @classmethod
@@ -70,11 +85,23 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path"):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes"):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
         return cls.from_dict(data, environ)
+
+
+def _whole(name: str, value: Any, least: int, most: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number < least:
+        raise ConfigError(f"{name} must be at least {least}")
+    if most is not None and number > most:
+        raise ConfigError(f"{name} must be at most {most}")
+    return number
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -121,3 +148,29 @@ def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) ->
         filterable=tuple(filterable),
         source=source,
     )
+
+
+def _file_roots(files: Any) -> dict[str, FileRootConfig]:
+    """`[files.roots]`: name = "dir", or name = { path = "dir", hidden = true }."""
+    if not isinstance(files, Mapping) or set(files) - {"roots"}:
+        raise ConfigError("[files] takes only a `roots` table")
+    roots = files.get("roots", {})
+    if not isinstance(roots, Mapping):
+        raise ConfigError("[files.roots] must map names to directories")
+    return {name: _file_root(name, value) for name, value in roots.items()}
+
+
+def _file_root(name: str, value: Any) -> FileRootConfig:
+    if not ROOT_NAME.fullmatch(name):
+        raise ConfigError(f"file root {name!r}: names are letters, digits, '_', '.' and '-'")
+    table = {"path": value} if isinstance(value, str) else value
+    if not isinstance(table, Mapping) or "path" not in table:
+        raise ConfigError(f"file root {name}: give a directory, or a table with `path`")
+    unknown = set(table) - {"path", "hidden"}
+    if unknown:
+        raise ConfigError(f"file root {name}: unknown keys {', '.join(sorted(unknown))}")
+    path = Path(str(table["path"]))
+    if not path.is_dir():
+        raise ConfigError(f"file root {name}: {path} is not a directory")
+    hidden = _flag(f"file root {name}: hidden", table.get("hidden", False))
+    return FileRootConfig(name=name, path=path.resolve(strict=True), hidden=hidden)

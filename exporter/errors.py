@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
@@ -12,14 +13,17 @@ from starlette.exceptions import HTTPException
 
 
 class ExportError(Exception):
-    """An error with a status; raised by stages before the first body byte, turned into JSON by the handler."""
+    """An error with a status; raised by stages before the first body byte, turned into JSON by the handler.
+    `headers` go into that response (416 carries Content-Range)."""
 
     status: ClassVar[int] = 400
 
-    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+    def __init__(self, message: str, *, parameter: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.parameter = parameter
+        self.headers = dict(headers or {})
 
     @classmethod
     def code(cls) -> str:
@@ -68,6 +72,37 @@ class DatabaseUnavailable(ExportError):
     status = 503
 
 
+class UnknownRoot(ExportError):
+    status = 404
+
+
+class FileNotFound(ExportError):
+    """No servable file: missing, outside the root, hidden, or not a regular file; all answer the same."""
+
+    status = 404
+
+
+class InvalidPath(ExportError):
+    pass
+
+
+class RangeNotSatisfiable(ExportError):
+    status = 416
+
+
+class FileChanged(ExportError):
+    """The file was truncated, rewritten or replaced after it was stat'ed: a 503 before the first byte, an aborted
+    transfer after it."""
+
+    status = 503
+
+
+class FileUnreadable(ExportError):
+    """The file exists but cannot be read (permissions, I/O error): an operator's problem."""
+
+    status = 503
+
+
 class ConfigError(Exception):
     """The configuration file or environment is invalid; raised at startup."""
 
@@ -80,7 +115,8 @@ def error_body(code: str, message: str, parameter: str | None = None) -> dict[st
 
 
 def error_response(exc: ExportError) -> JSONResponse:
-    return JSONResponse(error_body(exc.code(), exc.message, exc.parameter), status_code=exc.status)
+    return JSONResponse(error_body(exc.code(), exc.message, exc.parameter), status_code=exc.status,
+                        headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

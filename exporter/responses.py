@@ -1,8 +1,10 @@
-"""stream_response: a chunked download whose body iterator is always closed, however the response ends."""
+"""stream_response: a streamed download (chunked, or with the Content-Length the headers give) whose body iterator
+is always closed, however the response ends."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
 
@@ -16,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def download_headers(filename: str, media_type: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+    # A quote, backslash or control character would end or break the quoted-string (RFC 9110 §5.6.4).
+    ascii_name = re.sub(r'[\x00-\x1f\x7f"\\]', "_", filename.encode("ascii", "replace").decode())
     disposition = f'attachment; filename="{ascii_name}"'
     if ascii_name != filename:
         disposition += f"; filename*=UTF-8''{quote(filename)}"  # RFC 6266 §4.3
@@ -31,12 +34,13 @@ def download_headers(filename: str, media_type: str, extra: Mapping[str, str] | 
 
 def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int = 200) -> Response:
     """A response that waits for the first chunk before it starts, then sends it and the rest as they come.
+    Chunked, unless `headers` carry a Content-Length, which the chunks must then fill exactly.
 
     An ExportError before the first chunk becomes its JSON error response, so a failed query never
     produces a 200. A client that leaves, even while the first chunk is awaited, cancels the producer.
     An error after the first byte propagates to the server, which then drops the connection without the
-    final chunk: the client sees an incomplete transfer rather than a clean end. `chunks` is closed in
-    every case.
+    final chunk (or short of the Content-Length): the client sees an incomplete transfer rather than a clean
+    end. `chunks` is closed in every case.
     """
     return ChunkedResponse(chunks, headers, status_code)
 

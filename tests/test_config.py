@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from exporter.config import DEFAULT_DATABASE_URL, DatasetConfig, Settings
+from exporter.config import DEFAULT_DATABASE_URL, DEFAULT_FILE_CHUNK_BYTES, DatasetConfig, FileRootConfig, Settings
 from exporter.errors import ConfigError
 
 WAREHOUSE_URL = "postgresql+asyncpg://reader@warehouse.internal/dw"
@@ -167,3 +167,72 @@ def test_copy_fast_path_is_on_by_default_and_turned_off_by_the_environment(
 def test_copy_fast_path_that_is_not_a_flag_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="copy_fast_path"):
         Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_COPY_FAST_PATH": "sometimes"})
+
+
+def test_file_roots_are_directories_by_name_as_a_string_or_a_table_with_hidden(tmp_path: Path) -> None:
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "dumps").mkdir()
+    text = (f'[files.roots]\nreports = "{tmp_path / "reports"}"\n'
+            f'dumps = {{ path = "{tmp_path / "dumps"}", hidden = true }}\n')
+    settings = Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path, text)})
+    assert settings.file_roots == {
+        "reports": FileRootConfig("reports", (tmp_path / "reports").resolve(), hidden=False),
+        "dumps": FileRootConfig("dumps", (tmp_path / "dumps").resolve(), hidden=True),
+    }
+
+
+def test_a_relative_file_root_is_taken_from_the_working_directory_and_symlinks_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to("real")
+    monkeypatch.chdir(tmp_path)
+    roots = Settings.from_dict({"files": {"roots": {"r": "alias"}}}).file_roots
+    assert roots["r"].path == (tmp_path / "real").resolve()
+    assert roots["r"].path.is_absolute()
+
+
+def test_settings_without_files_have_no_roots_and_the_measured_chunk_size() -> None:
+    assert Settings().file_roots == {}
+    assert Settings().file_chunk_bytes == DEFAULT_FILE_CHUNK_BYTES
+
+
+def with_root(value: Any, name: str = "r") -> dict[str, Any]:
+    return {"files": {"roots": {name: value}}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (with_root("/no/such/directory"), "file root r: /no/such/directory is not a directory"),
+        (with_root({"hidden": True}), "file root r: give a directory, or a table with `path`"),
+        (with_root(42), "file root r: give a directory"),
+        (with_root({"path": ".", "hiden": True}), "file root r: unknown keys hiden"),
+        (with_root({"path": ".", "hidden": "sometimes"}), "hidden must be true or false"),
+        (with_root(".", name="a/b"), "file root 'a/b': names are"),
+        (with_root(".", name=".."), "file root '..': names are"),
+        ({"files": {"root": {}}}, r"\[files\] takes only a `roots` table"),
+        ({"files": {"roots": "."}}, r"\[files.roots\] must map names to directories"),
+        ({"file_chunk_bytes": 0}, "file_chunk_bytes must be at least 1"),
+        ({"file_chunk_bytes": 128 * 1024 * 1024}, "file_chunk_bytes must be at most"),
+        ({"file_chunk_bytes": "lots"}, "file_chunk_bytes must be a whole number"),
+    ],
+)
+def test_invalid_file_settings_raise_config_error(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_dict(data)
+
+
+def test_a_file_root_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        Settings.from_dict(with_root(str(tmp_path / "file.txt")))
+
+
+def test_file_chunk_bytes_comes_from_the_file_and_the_environment_overrides_it(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "file_chunk_bytes = 65536\n")
+    assert Settings.from_environ({"EXPORTER_CONFIG": path}).file_chunk_bytes == 65536
+    environ = {"EXPORTER_CONFIG": path, "EXPORTER_FILE_CHUNK_BYTES": "262144"}
+    assert Settings.from_environ(environ).file_chunk_bytes == 262144
+    with pytest.raises(ConfigError, match="file_chunk_bytes"):
+        Settings.from_environ({"EXPORTER_CONFIG": path, "EXPORTER_FILE_CHUNK_BYTES": "0"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exporter import errors
-from exporter.errors import ExportError
+from exporter.errors import ExportError, RangeNotSatisfiable, error_response
 
 CODES: dict[type[ExportError], str] = {
     errors.UnknownDataset: "unknown_dataset",
@@ -18,6 +18,12 @@ CODES: dict[type[ExportError], str] = {
     errors.AfterRequiresKeyOrder: "after_requires_key_order",
     errors.DatasetUnavailable: "dataset_unavailable",
     errors.DatabaseUnavailable: "database_unavailable",
+    errors.UnknownRoot: "unknown_root",
+    errors.FileNotFound: "file_not_found",
+    errors.InvalidPath: "invalid_path",
+    errors.RangeNotSatisfiable: "range_not_satisfiable",
+    errors.FileChanged: "file_changed",
+    errors.FileUnreadable: "file_unreadable",
 }
 
 
@@ -33,3 +39,10 @@ def test_error_code_is_the_snake_case_class_name(error: type[ExportError], code:
 
 def test_every_export_error_has_its_code_in_the_table() -> None:
     assert {cls for cls in all_subclasses(ExportError) if cls.__module__ == errors.__name__} == set(CODES)
+
+
+def test_an_error_can_carry_headers_into_its_json_response() -> None:
+    response = error_response(RangeNotSatisfiable("no", headers={"Content-Range": "bytes */10"}))
+    assert response.status_code == 416
+    assert response.headers["content-range"] == "bytes */10"
+    assert response.body == b'{"error":{"code":"range_not_satisfiable","message":"no"}}'
