@@ -7,7 +7,6 @@ so the two paths give the same bytes; the tests compare them type by type.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,8 +20,6 @@ from exporter.datasets import Catalog, Column
 from exporter.db import create_db_engine, database_errors, open_snapshot
 from exporter.queries import ExportQuery, build_query
 from exporter.serializers import CsvOptions
-
-log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024  # COPY data arrives in socket-read pieces (~8 KiB); sent in chunks of about this
 QUEUED_PIECES = 16  # bounded buffering between COPY and the client: a slow client pauses COPY
