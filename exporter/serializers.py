@@ -210,13 +210,6 @@ def _sqlite_decimal_text(scale: int | None) -> Convert:
     return convert
 
 
-def _sqlite_decimal_column(scale: int | None) -> Convert:
-    """_sqlite_decimal_text, carrying a whole-column form for _for_column."""
-    one = _sqlite_decimal_text(scale)
-    one.column = _sqlite_decimals_text(scale)  # type: ignore[attr-defined]
-    return one
-
-
 def _sqlite_timestamp_text(value: Any) -> str:
     """SQLAlchemy's SQLite DATETIME text (`2024-01-01 10:00:00.500000`, UTC) straight to the ISO form."""
     if isinstance(value, str) and len(value) == 26 and value[10] == " " and value[19] == ".":
@@ -235,31 +228,6 @@ def _sqlite_decimals_text(scale: int | None) -> Callable[[Sequence[Any]], Sequen
         return (f"%.{scale}f\x00" * len(values) % tuple(values))[:-1].split("\x00")
 
     return convert
-
-
-def _text_converter(col: Column, dialect: str) -> Convert | None:
-    kind = _kind(col)
-    if kind == "boolean":
-        return _bool_text  # True / False, and SQLite's 1 / 0
-    if dialect == "sqlite" and kind == "decimal":
-        return _sqlite_decimal_column(col.scale)
-    if dialect == "sqlite" and kind == "timestamptz":
-        return _sqlite_timestamp_text
-    return _compose(_normalizer(col, dialect), _TEXT[kind])
-
-
-def _json_converter(col: Column, dialect: str) -> Convert | None:
-    kind = _kind(col)
-    if kind == "timestamptz" and dialect != "sqlite":
-        return _timestamp_json
-    if kind == "boolean":
-        return bool if dialect == "sqlite" else None  # SQLite hands back 1 / 0
-    if dialect == "sqlite" and kind == "decimal":
-        text = _sqlite_decimal_text(col.scale)
-        return lambda value: orjson.Fragment(text(value)) if math.isfinite(value) else None
-    if dialect == "sqlite" and kind == "timestamptz":
-        return _sqlite_timestamp_text
-    return _compose(_normalizer(col, dialect), _JSON.get(kind, _TEXT[kind]))
 
 
 ColumnConvert = Callable[[Sequence[Any]], Sequence[Any]]
@@ -282,20 +250,46 @@ def _timestamp_json(value: datetime) -> Any:
     return value if value.tzinfo is UTC and not value.microsecond else _timestamp_text(value)
 
 
-def _for_column(convert: Convert | None, col: Column) -> ColumnConvert | None:
-    """A converter of a whole column's values; map() where no NULL can occur, a dict lookup for booleans."""
+def _each(convert: Convert | None, col: Column) -> ColumnConvert | None:
+    """`convert` applied to each of a column's values: map() where no NULL can occur, else NULLs kept."""
     if convert is None:
         return None
-    if convert is _timestamp_text and col.kind == "timestamptz":
-        return _timestamps_text
-    if getattr(convert, "column", None) is not None:
-        return convert.column  # type: ignore[attr-defined, no-any-return]
-    if convert in (_bool_text, bool):
-        table = _BOOL_TEXT if convert is _bool_text else _BOOL_JSON
-        return lambda values: list(map(table.get, values))
     if not col.nullable:
         return lambda values: list(map(convert, values))
     return lambda values: [None if v is None else convert(v) for v in values]
+
+
+def _lookup(table: Mapping[Any, Any]) -> ColumnConvert:
+    return lambda values: list(map(table.get, values))
+
+
+def _text_column(col: Column, dialect: str) -> ColumnConvert | None:
+    """How a column's values become CSV text; None where csv.writer's str() is already right."""
+    kind = _kind(col)
+    if kind == "boolean":
+        return _lookup(_BOOL_TEXT)
+    if dialect == "sqlite" and kind == "decimal":
+        return _sqlite_decimals_text(col.scale)
+    if dialect == "sqlite" and kind == "timestamptz":
+        return _each(_sqlite_timestamp_text, col)
+    if kind == "timestamptz":
+        return _timestamps_text
+    return _each(_compose(_normalizer(col, dialect), _TEXT[kind]), col)
+
+
+def _json_column(col: Column, dialect: str) -> ColumnConvert | None:
+    """How a column's values become what orjson writes as wanted; None where they already are."""
+    kind = _kind(col)
+    if kind == "boolean":
+        return _lookup(_BOOL_JSON) if dialect == "sqlite" else None
+    if dialect == "sqlite" and kind == "decimal":
+        text = _sqlite_decimal_text(col.scale)
+        return _each(lambda value: orjson.Fragment(text(value)) if math.isfinite(value) else None, col)
+    if dialect == "sqlite" and kind == "timestamptz":
+        return _each(_sqlite_timestamp_text, col)
+    if kind == "timestamptz":
+        return _each(_timestamp_json, col)
+    return _each(_compose(_normalizer(col, dialect), _JSON.get(kind, _TEXT[kind])), col)
 
 
 def _normalizer(col: Column, dialect: str) -> Convert | None:
@@ -405,7 +399,7 @@ class CsvSerializer:
         self._converters = [
             (i, convert)
             for i, col in enumerate(columns)
-            if (convert := _for_column(_text_converter(col, dialect) or (str if options.null else None), col))
+            if (convert := _text_column(col, dialect) or (_each(str, col) if options.null else None))
         ]
 
     def header(self) -> bytes:
@@ -475,7 +469,7 @@ class NdjsonSerializer:
         self._converters = [
             (i, convert)
             for i, col in enumerate(columns)
-            if (convert := _for_column(_json_converter(col, dialect), col))
+            if (convert := _json_column(col, dialect))
         ]
 
     def header(self) -> bytes:
