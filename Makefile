@@ -29,6 +29,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
 	$(BIN)/python -m tests.bench_files
+	$(BIN)/python -m tests.bench_proxy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

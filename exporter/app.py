@@ -1,4 +1,5 @@
-"""create_app(settings): the lifespan owns the engines; routers mounted; one JSON error shape."""
+"""create_app(settings): the lifespan owns the engines and the upstream clients; routers mounted; one JSON error
+shape."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
-from exporter.routes import datasets, exports, files, health
+from exporter.relay import create_upstreams
+from exporter.routes import datasets, exports, files, health, proxy
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -26,14 +28,20 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.engine = engine
         app.state.sources = sources
         app.state.catalog = Catalog(settings.datasets, sources)
+        upstreams = create_upstreams(settings.upstreams)
+        app.state.upstreams = upstreams
         try:
             yield
         finally:
-            for source in sources.values():
-                await source.dispose()
+            try:
+                for upstream in upstreams.values():
+                    await upstream.aclose()
+            finally:
+                for source in sources.values():
+                    await source.dispose()
 
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    for module in (datasets, exports, files, health):
+    for module in (datasets, exports, files, proxy, health):
         app.include_router(module.router)
     return app

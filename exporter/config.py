@@ -1,5 +1,5 @@
-"""Settings from the environment and the TOML config file (datasets, source databases, file roots); built once,
-frozen."""
+"""Settings from the environment and the TOML config file (datasets, source databases, file roots, upstreams); built
+once, frozen."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from exporter.errors import ConfigError
 
@@ -17,7 +18,14 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see README "Files"
 MAX_FILE_CHUNK_BYTES = 64 * 1024 * 1024
-ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # file roots and upstreams: safe in a URL path as they are
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
+# Meaningful for one connection only, never relayed (RFC 9110 §7.6.1).
+HOP_BY_HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                                "upgrade", "proxy-authenticate", "proxy-authorization"})
+# Hop-by-hop, or set by the client library for each request: an upstream can neither add nor forward them.
+UNFORWARDABLE_HEADERS = HOP_BY_HOP_HEADERS | {"host", "content-length"}
+DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-since", "accept")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,22 @@ class FileRootConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """An upstream served under /proxy/{name}/. `base_url` is http or https without a trailing slash, query,
+    fragment or credentials. `headers` are added to every upstream request, their values already read from the
+    environment (kept out of repr: they are usually credentials). `forward_headers` are the caller's request
+    headers passed on, in lower case."""
+
+    name: str
+    base_url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    forward_headers: tuple[str, ...] = DEFAULT_FORWARD_HEADERS
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0  # waiting for the answer, and for each read of its body
+    max_concurrent_relays: int = 32
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
@@ -52,13 +76,15 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)
     file_roots: Mapping[str, FileRootConfig] = field(default_factory=dict)
     file_chunk_bytes: int = DEFAULT_FILE_CHUNK_BYTES  # every file chunk but a range's last has this size
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
         """Build from the TOML file's shape plus top-level `database_url`, `batch_rows` and `file_chunk_bytes`;
-        `environ` supplies the variables that sources name with `url_env`. A file root that is not a directory
-        is a ConfigError."""
-        known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes"}
+        `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
+        root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
+        known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
+                 "upstreams"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -75,6 +101,7 @@ class Settings:
             file_roots=_file_roots(data.get("files", {})),
             file_chunk_bytes=_whole("file_chunk_bytes", data.get("file_chunk_bytes", cls.file_chunk_bytes), 1,
                                     MAX_FILE_CHUNK_BYTES),
+            upstreams=_upstreams(data.get("upstreams", {}), environ),
         )
 
     @classmethod
@@ -174,3 +201,97 @@ def _file_root(name: str, value: Any) -> FileRootConfig:
         raise ConfigError(f"file root {name}: {path} is not a directory")
     hidden = _flag(f"file root {name}: hidden", table.get("hidden", False))
     return FileRootConfig(name=name, path=path.resolve(strict=True), hidden=hidden)
+
+
+def _upstreams(upstreams: Any, environ: Mapping[str, str]) -> dict[str, UpstreamConfig]:
+    """`[upstreams.NAME]` tables: base_url, headers, forward_headers, timeouts, max_concurrent_relays."""
+    if not isinstance(upstreams, Mapping) or not all(isinstance(t, Mapping) for t in upstreams.values()):
+        raise ConfigError("[upstreams] must hold one table per upstream: [upstreams.NAME] with a `base_url`")
+    return {name: _upstream(name, table, environ) for name, table in upstreams.items()}
+
+
+def _upstream(name: str, table: Mapping[str, Any], environ: Mapping[str, str]) -> UpstreamConfig:
+    if not ROOT_NAME.fullmatch(name):
+        raise ConfigError(f"upstream {name!r}: names are letters, digits, '_', '.' and '-'")
+    known = {"base_url", "headers", "forward_headers", "connect_timeout_seconds", "read_timeout_seconds",
+             "max_concurrent_relays"}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"upstream {name}: unknown keys {', '.join(sorted(unknown))}")
+    if "base_url" not in table:
+        raise ConfigError(f"upstream {name}: `base_url` is required")
+    forward = table.get("forward_headers", list(DEFAULT_FORWARD_HEADERS))
+    if not isinstance(forward, list | tuple) or not all(isinstance(h, str) for h in forward):
+        raise ConfigError(f"upstream {name}: `forward_headers` must be a list of header names")
+    where = f"upstream {name}"
+    return UpstreamConfig(
+        name=name,
+        base_url=_base_url(name, table["base_url"]),
+        headers=_added_headers(name, table.get("headers", {}), environ),
+        forward_headers=tuple(_header_name(where, h).lower() for h in forward),
+        connect_timeout_seconds=_seconds(f"{where}: connect_timeout_seconds",
+                                         table.get("connect_timeout_seconds", UpstreamConfig.connect_timeout_seconds)),
+        read_timeout_seconds=_seconds(f"{where}: read_timeout_seconds",
+                                      table.get("read_timeout_seconds", UpstreamConfig.read_timeout_seconds)),
+        max_concurrent_relays=_whole(f"{where}: max_concurrent_relays",
+                                     table.get("max_concurrent_relays", UpstreamConfig.max_concurrent_relays), 1),
+    )
+
+
+def _base_url(name: str, value: Any) -> str:
+    """http(s)://host[:port][/path] with the path's trailing slash removed; no credentials, query or fragment,
+    which a relayed path could not be joined to safely (credentials belong in `headers`)."""
+    try:
+        parts = urlsplit(str(value))
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise ConfigError(f"upstream {name}: base_url {value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"upstream {name}: base_url must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.query or parts.fragment or "?" in str(value) or "#" in str(value):
+        raise ConfigError(f"upstream {name}: base_url may not carry credentials, a query or a fragment")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _added_headers(name: str, headers: Any, environ: Mapping[str, str]) -> dict[str, str]:
+    """`headers = { Name = "value", Authorization = { env = "VAR" } }`; values are checked, never printed."""
+    if not isinstance(headers, Mapping):
+        raise ConfigError(f"upstream {name}: `headers` must be a table of header names and values")
+    added = {}
+    for header, value in headers.items():
+        where = f"upstream {name}: header {header}"
+        _header_name(f"upstream {name}", header)
+        if isinstance(value, Mapping):
+            if set(value) != {"env"}:
+                raise ConfigError(f"{where}: give a string, or a table with only `env`")
+            text = environ.get(str(value["env"]))
+            if not text:
+                raise ConfigError(f"{where}: environment variable {value['env']} is not set")
+        elif isinstance(value, str):
+            text = value
+        else:
+            raise ConfigError(f"{where}: give a string, or a table with only `env`")
+        if not all(c == "\t" or " " <= c <= "~" for c in text):
+            raise ConfigError(f"{where}: the value must be printable ASCII (no line breaks)")
+        added[header] = text
+    return added
+
+
+def _header_name(where: str, header: str) -> str:
+    if not HEADER_NAME.fullmatch(header):
+        raise ConfigError(f"{where}: {header!r} is not a header name")
+    if header.lower() in UNFORWARDABLE_HEADERS:
+        raise ConfigError(f"{where}: {header} is hop-by-hop or set by the connection, and cannot be configured")
+    return header
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name} must be more than 0")
+    return seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -9,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.config import Settings
 from exporter.datasets import Catalog
+from exporter.relay import Upstream
 
 
 def _settings(request: Request) -> Settings:
@@ -26,6 +28,12 @@ def _catalog(request: Request) -> Catalog:
     return catalog
 
 
+def _upstreams(request: Request) -> Mapping[str, Upstream]:
+    upstreams: Mapping[str, Upstream] = request.app.state.upstreams
+    return upstreams
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(_engine)]
 CatalogDep = Annotated[Catalog, Depends(_catalog)]
+UpstreamsDep = Annotated[Mapping[str, Upstream], Depends(_upstreams)]

@@ -103,6 +103,36 @@ class FileUnreadable(ExportError):
     status = 503
 
 
+class UnknownUpstream(ExportError):
+    status = 404
+
+
+class UpstreamUnreachable(ExportError):
+    """The upstream refused or failed the connection, or its answer broke off before its first body byte: a 502
+    before the first byte, an aborted transfer after it. The message names the upstream, never its address."""
+
+    status = 502
+
+
+class UpstreamTimeout(ExportError):
+    """The upstream did not connect, answer, or send more of its body within its timeouts: a 504 before the first
+    byte, an aborted transfer after it."""
+
+    status = 504
+
+
+class UpstreamRedirect(ExportError):
+    """The upstream redirected outside its base URL; the redirect is not followed and its Location not revealed."""
+
+    status = 502
+
+
+class TooManyRelays(ExportError):
+    """The upstream has max_concurrent_relays in progress; the response carries Retry-After."""
+
+    status = 429
+
+
 class ConfigError(Exception):
     """The configuration file or environment is invalid; raised at startup."""
 

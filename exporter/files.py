@@ -86,20 +86,23 @@ async def resolve(roots: Mapping[str, FileRootConfig], root_name: str, path: str
     root = roots.get(root_name)
     if root is None:
         raise UnknownRoot(f"no file root named {root_name!r}")
-    segments = _segments(path)
+    segments = safe_segments(path)
     found = await anyio.to_thread.run_sync(_servable, root, root.path.joinpath(*segments), segments)
     if found is None or (path.endswith("/") and not stat.S_ISDIR(found[1].st_mode)):
         raise FileNotFound(f"{root.name}/{path}: no such file")
     return Target(root, "/".join(segments), *found)
 
 
-def _segments(path: str) -> list[str]:
+def safe_segments(path: str) -> list[str]:
+    """The names in a relative path already percent-decoded once (a trailing slash dropped): the rule that keeps
+    `/files` inside its root and `/proxy` under its base URL. Raises InvalidPath for a NUL, a backslash, a
+    leading slash (`//host`, `%2fetc`), or an empty, `.` or `..` segment."""
     if "\x00" in path:
         raise InvalidPath("the path contains a NUL byte")
     if "\\" in path:
         raise InvalidPath("the path contains a backslash; use '/' between names")
     if path.startswith("/"):
-        raise InvalidPath("the path must be relative to the root")
+        raise InvalidPath("the path must not start with '/'")
     segments = path.removesuffix("/").split("/") if path else []
     if any(segment in ("", ".", "..") for segment in segments):
         raise InvalidPath("the path has an empty, '.' or '..' segment")

@@ -45,9 +45,9 @@ def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], st
     return ChunkedResponse(chunks, headers, status_code)
 
 
-def head_response(headers: Mapping[str, str]) -> Response:
+def head_response(headers: Mapping[str, str], status_code: int = 200) -> Response:
     """The headers a GET would get, and no body."""
-    return ChunkedResponse(_nothing(), headers, 200)
+    return ChunkedResponse(_nothing(), headers, status_code)
 
 
 async def _nothing() -> AsyncIterator[bytes]:

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from exporter.config import DEFAULT_DATABASE_URL, DEFAULT_FILE_CHUNK_BYTES, DatasetConfig, FileRootConfig, Settings
+from exporter.config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_FILE_CHUNK_BYTES,
+    DatasetConfig,
+    FileRootConfig,
+    Settings,
+    UpstreamConfig,
+)
 from exporter.errors import ConfigError
 
 WAREHOUSE_URL = "postgresql+asyncpg://reader@warehouse.internal/dw"
@@ -236,3 +243,96 @@ def test_file_chunk_bytes_comes_from_the_file_and_the_environment_overrides_it(t
     assert Settings.from_environ(environ).file_chunk_bytes == 262144
     with pytest.raises(ConfigError, match="file_chunk_bytes"):
         Settings.from_environ({"EXPORTER_CONFIG": path, "EXPORTER_FILE_CHUNK_BYTES": "0"})
+
+
+UPSTREAMS_TOML = """
+[upstreams.store]
+base_url = "https://objects.internal:9000/exports/"
+headers = { Authorization = { env = "STORE_TOKEN" }, "X-Tenant" = "reports" }
+forward_headers = ["Range", "If-None-Match", "X-Request-Id"]
+connect_timeout_seconds = 2
+read_timeout_seconds = 0.5
+max_concurrent_relays = 4
+
+[upstreams.partner]
+base_url = "http://partner.example"
+"""
+
+
+def test_upstreams_are_read_with_headers_from_the_environment_and_defaults_for_the_rest(tmp_path: Path) -> None:
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path, UPSTREAMS_TOML), "STORE_TOKEN": "Bearer s3cr3t"}
+    assert Settings.from_environ(environ).upstreams == {
+        "store": UpstreamConfig(
+            name="store", base_url="https://objects.internal:9000/exports",
+            headers={"Authorization": "Bearer s3cr3t", "X-Tenant": "reports"},
+            forward_headers=("range", "if-none-match", "x-request-id"), connect_timeout_seconds=2.0,
+            read_timeout_seconds=0.5, max_concurrent_relays=4),
+        "partner": UpstreamConfig(
+            name="partner", base_url="http://partner.example",
+            forward_headers=("range", "if-range", "if-none-match", "if-modified-since", "accept"),
+            connect_timeout_seconds=5.0, read_timeout_seconds=30.0, max_concurrent_relays=32),
+    }
+
+
+def test_an_upstreams_added_header_values_stay_out_of_its_repr() -> None:
+    settings = Settings.from_dict(with_upstream(headers={"Authorization": {"env": "TOKEN"}}), {"TOKEN": "s3cr3t"})
+    assert settings.upstreams["u"].headers == {"Authorization": "s3cr3t"}
+    assert "s3cr3t" not in repr(settings)
+
+
+def test_settings_without_upstreams_have_none() -> None:
+    assert Settings().upstreams == {}
+    assert Settings.from_environ({}).upstreams == {}
+
+
+def with_upstream(name: str = "u", **table: Any) -> dict[str, Any]:
+    return {"upstreams": {name: {"base_url": "http://store.internal", **table}}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"upstreams": {"u": {}}}, "upstream u: `base_url` is required"),
+        ({"upstreams": {"u": "http://x"}}, r"\[upstreams\] must hold one table per upstream"),
+        ({"upstreams": ["u"]}, r"\[upstreams\] must hold one table per upstream"),
+        (with_upstream(name="a/b"), "upstream 'a/b': names are"),
+        (with_upstream(name=".."), "upstream '..': names are"),
+        (with_upstream(base="x"), "upstream u: unknown keys base"),
+        (with_upstream(base_url="ftp://store.internal/x"), "must be an http:// or https:// URL with a host"),
+        (with_upstream(base_url="store.internal/x"), "must be an http:// or https:// URL with a host"),
+        (with_upstream(base_url="http:///x"), "must be an http:// or https:// URL with a host"),
+        (with_upstream(base_url="http://store.internal:99999"), "is not a URL"),
+        (with_upstream(base_url="http://store.internal:port"), "is not a URL"),
+        (with_upstream(base_url="http://user:pw@store.internal"), "may not carry credentials, a query or a fragment"),
+        (with_upstream(base_url="http://store.internal/x?sig=1"), "may not carry credentials, a query or a fragment"),
+        (with_upstream(base_url="http://store.internal/x?"), "may not carry credentials, a query or a fragment"),
+        (with_upstream(base_url="http://store.internal/x#top"), "may not carry credentials, a query or a fragment"),
+        (with_upstream(headers={"Authorization": {"env": "UNSET_VARIABLE_7F3A"}}),
+         "upstream u: header Authorization: environment variable UNSET_VARIABLE_7F3A is not set"),
+        (with_upstream(headers={"Authorization": {"env": "EMPTY"}}), "environment variable EMPTY is not set"),
+        (with_upstream(headers={"Authorization": {"env": "TOKEN", "prefix": "Bearer "}}), "only `env`"),
+        (with_upstream(headers={"X-Count": 3}), "give a string, or a table with only `env`"),
+        (with_upstream(headers={"X-A": "a\r\nX-Injected: 1"}), "must be printable ASCII"),
+        (with_upstream(headers={"X-A": "a\x00"}), "must be printable ASCII"),
+        (with_upstream(headers={"X-A": "Grüße"}), "must be printable ASCII"),
+        (with_upstream(headers={"Bad Name": "x"}), "'Bad Name' is not a header name"),
+        (with_upstream(headers={"Host": "other.internal"}), "Host is hop-by-hop or set by the connection"),
+        (with_upstream(headers={"Connection": "close"}), "Connection is hop-by-hop"),
+        (with_upstream(headers=["Authorization"]), "`headers` must be a table"),
+        (with_upstream(forward_headers="Range"), "`forward_headers` must be a list of header names"),
+        (with_upstream(forward_headers=["TE"]), "TE is hop-by-hop"),
+        (with_upstream(forward_headers=["Proxy-Authorization"]), "Proxy-Authorization is hop-by-hop"),
+        (with_upstream(forward_headers=["Content-Length"]), "Content-Length is hop-by-hop or set by the connection"),
+        (with_upstream(forward_headers=["X:Y"]), "'X:Y' is not a header name"),
+        (with_upstream(connect_timeout_seconds=0), "connect_timeout_seconds must be more than 0"),
+        (with_upstream(read_timeout_seconds=-1), "read_timeout_seconds must be more than 0"),
+        (with_upstream(read_timeout_seconds="soon"), "read_timeout_seconds must be a number of seconds"),
+        (with_upstream(read_timeout_seconds=True), "read_timeout_seconds must be a number of seconds"),
+        (with_upstream(read_timeout_seconds=float("nan")), "read_timeout_seconds must be more than 0"),
+        (with_upstream(max_concurrent_relays=0), "max_concurrent_relays must be at least 1"),
+        (with_upstream(max_concurrent_relays="many"), "max_concurrent_relays must be a whole number"),
+    ],
+)
+def test_invalid_upstreams_raise_config_error(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_dict(data, {"EMPTY": "", "TOKEN": "t"})

@@ -24,6 +24,11 @@ CODES: dict[type[ExportError], str] = {
     errors.RangeNotSatisfiable: "range_not_satisfiable",
     errors.FileChanged: "file_changed",
     errors.FileUnreadable: "file_unreadable",
+    errors.UnknownUpstream: "unknown_upstream",
+    errors.UpstreamUnreachable: "upstream_unreachable",
+    errors.UpstreamTimeout: "upstream_timeout",
+    errors.UpstreamRedirect: "upstream_redirect",
+    errors.TooManyRelays: "too_many_relays",
 }
 
 
