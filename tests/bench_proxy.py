@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench_files import FILE_BYTES, FILE_NAME, big_file, download, free_port, running, status_kib
+from tests.bench_files import FILE_BYTES, FILE_NAME, Result, big_file, download, free_port, running, status_kib
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "var" / "bench-proxy"
@@ -47,17 +46,6 @@ class Case:
     pid: int
     url: str
     relay: bool  # a proxy in front of the upstream (measured with a slow client too)
-
-
-@dataclass
-class Result:
-    name: str
-    mb_per_second: list[float]
-    rss_growth_mib: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.mb_per_second)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
