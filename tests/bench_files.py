@@ -205,13 +205,11 @@ def serve_fileresponse(port: int, directory: Path) -> None:
                 port=port, log_level="warning")
 
 
-@contextmanager
-def nginx(directory: Path) -> Iterator[tuple[int, str]]:
-    """One nginx process (no master), sendfile on, serving `directory`."""
-    port = free_port()
-    prefix = WORK / "nginx"
-    prefix.mkdir(exist_ok=True)
-    (prefix / "nginx.conf").write_text(f"""
+def nginx_config(prefix: Path, body: str) -> Path:
+    """One nginx process (no master) with `body` in its http block."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    config = prefix / "nginx.conf"
+    config.write_text(f"""
 daemon off;
 master_process off;
 worker_processes 1;
@@ -220,17 +218,31 @@ error_log {prefix}/error.log;
 events {{ worker_connections 64; }}
 http {{
     access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+{body}
+}}
+""")
+    return config
+
+
+def nginx_command(prefix: Path, config: Path) -> list[str]:
+    return ["nginx", "-p", str(prefix), "-e", "stderr", "-c", str(config)]
+
+
+@contextmanager
+def nginx(directory: Path) -> Iterator[tuple[int, str]]:
+    """One nginx process (no master), sendfile on, serving `directory`."""
+    port, prefix = free_port(), WORK / "nginx"
+    config = nginx_config(prefix, f"""
     sendfile on;
     tcp_nopush on;
-    client_body_temp_path {prefix}/body;
     server {{
         listen 127.0.0.1:{port};
         root {directory};
-    }}
-}}
-""")
+    }}""")
     url = f"http://127.0.0.1:{port}/{FILE_NAME}"
-    with running("nginx", ["nginx", "-p", str(prefix), "-e", "stderr", "-c", str(prefix / "nginx.conf")], url) as pid:
+    with running("nginx", nginx_command(prefix, config), url) as pid:
         yield pid, url
 
 

@@ -29,7 +29,18 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench_files import FILE_BYTES, FILE_NAME, Result, big_file, download, free_port, running, status_kib
+from tests.bench_files import (
+    FILE_BYTES,
+    FILE_NAME,
+    Result,
+    big_file,
+    download,
+    free_port,
+    nginx_command,
+    nginx_config,
+    running,
+    status_kib,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "var" / "bench-proxy"
@@ -148,31 +159,6 @@ def print_tables(results: list[Result], slow: list[tuple[str, float, float | Non
     for name, got, sent, growth in slow:
         upstream = f"{sent:.1f} MB" if sent is not None else "(request still open 5 s after the client left)"
         print(f"| {name} | {got:.1f} MB | {upstream} | {growth:.1f} MiB |")
-
-
-def nginx_config(prefix: Path, body: str) -> Path:
-    """One nginx process (no master) with `body` in its http block."""
-    prefix.mkdir(parents=True, exist_ok=True)
-    config = prefix / "nginx.conf"
-    config.write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-{body}
-}}
-""")
-    return config
-
-
-def nginx_command(prefix: Path, config: Path) -> list[str]:
-    return ["nginx", "-p", str(prefix), "-e", "stderr", "-c", str(config)]
 
 
 @contextmanager
