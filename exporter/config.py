@@ -26,6 +26,9 @@ HOP_BY_HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", 
 # Hop-by-hop, or set by the client library for each request: an upstream can neither add nor forward them.
 UNFORWARDABLE_HEADERS = HOP_BY_HOP_HEADERS | {"host", "content-length"}
 DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-since", "accept")
+# Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
+JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
+                "job_progress_seconds", "sse_ping_seconds")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,13 @@ class Settings:
     file_roots: Mapping[str, FileRootConfig] = field(default_factory=dict)
     file_chunk_bytes: int = DEFAULT_FILE_CHUNK_BYTES  # every file chunk but a range's last has this size
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    jobs_dir: Path = Path("var/jobs")  # finished job results; shared by every replica that serves them
+    job_workers: int = 2  # per `exporter serve` or `exporter worker` process
+    job_lease_seconds: float = 30.0  # a job whose worker stops renewing this long is run again
+    job_ttl_hours: float = 24.0  # a result file is deleted this long after its job finished
+    job_max_queued: int = 100
+    job_progress_seconds: float = 0.5  # the least time between two progress events of a job
+    sse_ping_seconds: float = 15.0  # a `: ping` comment on event streams this often
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -84,7 +94,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams"}
+                 "upstreams", *JOB_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -102,6 +112,14 @@ class Settings:
             file_chunk_bytes=_whole("file_chunk_bytes", data.get("file_chunk_bytes", cls.file_chunk_bytes), 1,
                                     MAX_FILE_CHUNK_BYTES),
             upstreams=_upstreams(data.get("upstreams", {}), environ),
+            jobs_dir=Path(str(data.get("jobs_dir", cls.jobs_dir))),
+            job_workers=_whole("job_workers", data.get("job_workers", cls.job_workers), 0),
+            job_lease_seconds=_seconds("job_lease_seconds", data.get("job_lease_seconds", cls.job_lease_seconds)),
+            job_ttl_hours=_seconds("job_ttl_hours", data.get("job_ttl_hours", cls.job_ttl_hours)),
+            job_max_queued=_whole("job_max_queued", data.get("job_max_queued", cls.job_max_queued), 1),
+            job_progress_seconds=_seconds("job_progress_seconds",
+                                          data.get("job_progress_seconds", cls.job_progress_seconds)),
+            sse_ping_seconds=_seconds("sse_ping_seconds", data.get("sse_ping_seconds", cls.sse_ping_seconds)),
         )
 
     @classmethod
@@ -112,7 +130,7 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes"):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *JOB_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value

@@ -133,6 +133,42 @@ class TooManyRelays(ExportError):
     status = 429
 
 
+class UnknownJob(ExportError):
+    status = 404
+
+
+class JobNotFinished(ExportError):
+    """The job's result is not there yet; Retry-After says when to ask again."""
+
+    status = 409
+
+
+class JobFailed(ExportError):
+    status = 409
+
+
+class JobCancelled(ExportError):
+    status = 409
+
+
+class JobExpired(ExportError):
+    """The job's result was deleted (its time to live passed, or DELETE asked for it)."""
+
+    status = 410
+
+
+class IdempotencyConflict(ExportError):
+    """The Idempotency-Key was used before for another request."""
+
+    status = 409
+
+
+class TooManyJobs(ExportError):
+    """EXPORTER_JOB_MAX_QUEUED jobs are queued; the response carries Retry-After."""
+
+    status = 429
+
+
 class ConfigError(Exception):
     """The configuration file or environment is invalid; raised at startup."""
 

@@ -15,14 +15,56 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.compression import iter_gzip
 from exporter.config import Settings
-from exporter.datasets import Dataset
+from exporter.datasets import Catalog, Dataset
 from exporter.models import ExportLogEntry
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
-from exporter.queries import ExportQuery
+from exporter.queries import ExportQuery, build_query
 from exporter.rows import iter_rows
-from exporter.serializers import BOM, CsvOptions, Serializer, create_serializer
+from exporter.serializers import (
+    BOM,
+    CsvOptions,
+    Serializer,
+    create_serializer,
+    format_options,
+    media_type,
+    split_filename,
+)
 
 log = logging.getLogger(__name__)
+
+
+EXPORT_FORMATS = ("csv", "ndjson", "csv.gz", "ndjson.gz")
+
+
+def export_media_type(fmt: str) -> str:
+    """The Content-Type of an export file in format `fmt` (`csv.gz` is a gzip file, not gzip-encoded CSV)."""
+    if fmt.endswith(".gz"):
+        return "application/gzip"
+    return media_type(None if fmt == "ndjson" else CsvOptions())
+
+
+@dataclass(frozen=True)
+class Export:
+    """A validated export request: what `GET /exports/{filename}?{params}` and a job both produce."""
+
+    dataset: Dataset
+    query: ExportQuery
+    options: CsvOptions | None  # None for NDJSON
+    format: str  # csv | ndjson | csv.gz | ndjson.gz
+    gzip_file: bool
+
+    @property
+    def filename(self) -> str:
+        return f"{self.dataset.name}.{self.format}"
+
+
+async def prepare_export(catalog: Catalog, filename: str, params: list[tuple[str, str]]) -> Export:
+    """Validate the name and every parameter; raises the ExportError that names what is wrong."""
+    name, fmt, gzip_file = split_filename(filename)
+    dataset = await catalog.get(name)
+    query = build_query(dataset, params, dataset.engine.dialect.name)
+    options = format_options(fmt, dict(params))
+    return Export(dataset, query, options, fmt + (".gz" if gzip_file else ""), gzip_file)
 
 
 @dataclass

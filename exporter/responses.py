@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
 
 import anyio
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from exporter.chunks import iter_file_chunks
 from exporter.errors import ExportError, error_response
+from exporter.files import Target, if_range_holds, is_not_modified
+from exporter.ranges import parse_range, range_body
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,26 @@ def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], st
     end. `chunks` is closed in every case.
     """
     return ChunkedResponse(chunks, headers, status_code)
+
+
+def file_response(request: Request, target: Target, chunk_bytes: int, extra: Mapping[str, str],
+                  content_type: str | None = None) -> Response:
+    """GET or HEAD of a regular file: 304 for a matching If-None-Match or If-Modified-Since, single and multiple
+    ranges (honouring If-Range), else the whole file; with its validators and `extra` headers."""
+    validators = target.validators()
+    if is_not_modified(target, request.headers.get("if-none-match"), request.headers.get("if-modified-since")):
+        return Response(status_code=304, headers={**validators, **extra})
+    content_type = content_type or target.content_type
+    spans = None
+    if request.method == "GET" and if_range_holds(target, request.headers.get("if-range")):
+        spans = parse_range(request.headers.get("range"), target.size)  # Range applies to GET only (§14.2)
+    body = range_body(spans, target.size, content_type)
+    headers = download_headers(target.name, content_type,
+                               {**validators, **extra, "Accept-Ranges": "bytes", **body.headers})
+    if request.method == "HEAD":
+        return head_response(headers)
+    chunks = iter_file_chunks(target.path, body.parts, chunk_bytes, expected=target.stat)
+    return stream_response(chunks, headers, body.status)
 
 
 def head_response(headers: Mapping[str, str], status_code: int = 200) -> Response:
