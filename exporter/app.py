@@ -14,44 +14,41 @@ from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
-from exporter.events import Notifier
-from exporter.exports import export_media_type
-from exporter.jobs import Jobs
 from exporter.relay import create_upstreams
 from exporter.routes import datasets, exports, files, health, jobs, proxy
-from exporter.workers import Runner
+from exporter.workers import run_jobs
+
+
+@asynccontextmanager
+async def open_sources(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, Catalog]]:
+    """The service's own engine and the catalog of datasets over every source; disposed on exit."""
+    engine = create_db_engine(settings.database_url)
+    sources: dict[str | None, AsyncEngine] = {None: engine}
+    sources.update({name: create_db_engine(url) for name, url in settings.sources.items()})
+    try:
+        yield engine, Catalog(settings.datasets, sources)
+    finally:
+        for source in sources.values():
+            await source.dispose()
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_db_engine(settings.database_url)
-        sources: dict[str | None, AsyncEngine] = {None: engine}
-        sources.update({name: create_db_engine(url) for name, url in settings.sources.items()})
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.sources = sources
-        app.state.catalog = Catalog(settings.datasets, sources)
         upstreams = create_upstreams(settings.upstreams)
-        app.state.upstreams = upstreams
-        # The jobs' bookkeeping has its own small pool, so busy exports never delay it (and it never takes
-        # their slots); its sessions are named exporter-jobs in pg_stat_activity.
-        jobs_engine = create_db_engine(settings.database_url, application_name="exporter-jobs")
-        app.state.jobs = Jobs(jobs_engine, Notifier(), settings, export_media_type)
-        runner = Runner(settings, app.state.jobs, app.state.catalog, engine)
-        app.state.runner = runner
-        runner.start(settings.job_workers)
         try:
-            yield
+            async with open_sources(settings) as (engine, catalog), run_jobs(settings, catalog, engine) as runner:
+                app.state.settings = settings
+                app.state.engine = engine
+                app.state.sources = catalog.engines
+                app.state.catalog = catalog
+                app.state.upstreams = upstreams
+                app.state.jobs = runner.jobs
+                app.state.runner = runner
+                yield
         finally:
-            try:
-                await runner.stop()
-                for upstream in upstreams.values():
-                    await upstream.aclose()
-            finally:
-                await jobs_engine.dispose()
-                for source in sources.values():
-                    await source.dispose()
+            for upstream in upstreams.values():
+                await upstream.aclose()
 
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
     install_error_handlers(app)

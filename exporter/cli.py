@@ -1,13 +1,15 @@
-"""Console script `exporter`: serve, migrate, seed-demo."""
+"""Console script `exporter`: serve, worker, migrate, seed-demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from exporter.config import Settings
 from exporter.errors import ConfigError
@@ -21,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    commands.add_parser("worker", help="run export job workers (EXPORTER_JOB_WORKERS) without HTTP")
     commands.add_parser("migrate", help="create or upgrade the service's own tables (alembic upgrade head)")
     seed = commands.add_parser("seed-demo", help="(re)create the demo table `orders` with deterministic rows")
     seed.add_argument("--rows", type=int, default=100_000)
@@ -36,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
+    if args.command == "worker":
+        return asyncio.run(_work(settings))
     if args.command == "migrate":
         migrate(settings.database_url)
         return 0
@@ -47,7 +52,32 @@ def _serve(settings: Settings, host: str, port: int) -> int:
 
     from exporter.app import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # Running jobs go back to the queue at once, not after the open downloads have ended.
+            runner = getattr(app.state, "runner", None)
+            if runner is not None:
+                asyncio.get_running_loop().call_soon_threadsafe(runner.stop_soon)
+
+    Server(uvicorn.Config(app, host=host, port=port)).run()
+    return 0
+
+
+async def _work(settings: Settings) -> int:
+    """Job workers until SIGTERM or SIGINT; their jobs are then handed back to the queue."""
+    from exporter.app import open_sources
+    from exporter.workers import run_jobs
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_sources(settings) as (engine, catalog), run_jobs(settings, catalog, engine):
+        logging.getLogger(__name__).info("job workers: %d running", settings.job_workers)
+        await stop.wait()
     return 0
 
 

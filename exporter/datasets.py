@@ -82,6 +82,11 @@ class Catalog:
     def names(self) -> list[str]:
         return sorted(self._configs)
 
+    @property
+    def engines(self) -> Mapping[str | None, AsyncEngine]:
+        """The source databases by name; None is the service's own."""
+        return self._engines
+
     async def get(self, name: str) -> Dataset:
         if name in self._cache:
             return self._cache[name]

@@ -11,6 +11,8 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -19,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter import events
 from exporter.config import Settings
 from exporter.datasets import Catalog
+from exporter.db import create_db_engine
 from exporter.errors import ExportError
-from exporter.exports import ExportRecord, iter_export, open_chunks, prepare_export
+from exporter.exports import ExportRecord, export_media_type, iter_export, open_chunks, prepare_export
 from exporter.jobs import Jobs, Result, filename, progress_json
 from exporter.models import Job
 from exporter.results import write_result
@@ -32,12 +35,30 @@ MAX_SILENCE_SECONDS = 2.0  # a running job reports progress at least this often,
 RETRY_SECONDS = 2.0  # after a database error in a worker's own bookkeeping
 
 
+@asynccontextmanager
+async def run_jobs(settings: Settings, catalog: Catalog, log_engine: AsyncEngine) -> AsyncIterator[Runner]:
+    """EXPORTER_JOB_WORKERS workers, the janitor and the listener, running until the block ends; then every job
+    they run is handed back to the queue. The jobs' bookkeeping has its own small pool, so busy exports never
+    delay it; its sessions are named exporter-jobs in pg_stat_activity."""
+    engine = create_db_engine(settings.database_url, application_name="exporter-jobs")
+    runner = Runner(settings, Jobs(engine, events.Notifier(), settings, export_media_type), catalog, log_engine)
+    runner.start(settings.job_workers)
+    try:
+        yield runner
+    finally:
+        try:
+            await runner.stop()
+        finally:
+            await engine.dispose()
+
+
 class Runner:
     """`workers` job workers, a janitor and (on PostgreSQL) the notification listener, as asyncio tasks of this
     process. stop() hands every running job back to the queue."""
 
     def __init__(self, settings: Settings, jobs: Jobs, catalog: Catalog, log_engine: AsyncEngine) -> None:
         self._settings = settings
+        self.jobs = jobs
         self._jobs = jobs
         self._catalog = catalog
         self._log_engine = log_engine
@@ -52,12 +73,15 @@ class Runner:
             url = self._jobs.engine.url.render_as_string(hide_password=False)
             self._tasks.append(asyncio.create_task(self._jobs.notifier.listen(url)))
 
-    async def stop(self) -> None:
-        """Cancel every task; running jobs are handed back before this returns."""
+    def stop_soon(self) -> None:
+        """Start stopping (SIGTERM): each worker hands its job back as it stops."""
         for task in self._tasks:
             task.cancel()
+
+    async def stop(self) -> None:
+        """Stop every task; running jobs are handed back before this returns. Safe to call again."""
+        self.stop_soon()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
 
     async def _work(self, owner: str) -> None:
         while True:

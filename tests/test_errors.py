@@ -29,6 +29,13 @@ CODES: dict[type[ExportError], str] = {
     errors.UpstreamTimeout: "upstream_timeout",
     errors.UpstreamRedirect: "upstream_redirect",
     errors.TooManyRelays: "too_many_relays",
+    errors.UnknownJob: "unknown_job",
+    errors.JobNotFinished: "job_not_finished",
+    errors.JobFailed: "job_failed",
+    errors.JobCancelled: "job_cancelled",
+    errors.JobExpired: "job_expired",
+    errors.IdempotencyConflict: "idempotency_conflict",
+    errors.TooManyJobs: "too_many_jobs",
 }
 
 
