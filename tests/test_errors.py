@@ -36,6 +36,16 @@ CODES: dict[type[ExportError], str] = {
     errors.JobExpired: "job_expired",
     errors.IdempotencyConflict: "idempotency_conflict",
     errors.TooManyJobs: "too_many_jobs",
+    errors.Unauthorized: "unauthorized",
+    errors.MissingToken: "missing_token",
+    errors.InvalidToken: "invalid_token",
+    errors.ExpiredToken: "expired_token",
+    errors.RevokedToken: "revoked_token",
+    errors.Forbidden: "forbidden",
+    errors.LinkExpired: "link_expired",
+    errors.TokenInUrl: "token_in_url",
+    errors.TooManyRequests: "too_many_requests",
+    errors.RowLimitExceeded: "row_limit_exceeded",
 }
 
 

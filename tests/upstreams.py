@@ -103,7 +103,7 @@ class Origin:
 def files_upstream(directory: Path, database: Path) -> ServerThread:
     """The service's own /files, serving `directory` as root `r`: a file server with ranges, ETags and conditional
     requests. Start it with `with`."""
-    settings = Settings.from_dict({"database_url": f"sqlite+aiosqlite:///{database}",
+    settings = Settings.from_dict({"database_url": f"sqlite+aiosqlite:///{database}", "auth": "off",
                                    "files": {"roots": {"r": str(directory)}}})
     return ServerThread(create_app(settings))
 
