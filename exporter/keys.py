@@ -110,7 +110,9 @@ def parse_token(token: str) -> tuple[str, bytes]:
     except (binascii.Error, ValueError):
         raise MalformedToken("not an exporter token") from None
     body, check = raw[:-CHECK_BYTES], raw[-CHECK_BYTES:]
-    if len(raw) != ID_BYTES + SECRET_BYTES + CHECK_BYTES or not hmac.compare_digest(check, _check(body)):
+    canonical = base64.urlsafe_b64encode(raw).decode().rstrip("=") == token[len(PREFIX):]  # no spare bits set
+    if len(raw) != ID_BYTES + SECRET_BYTES + CHECK_BYTES or not canonical or not hmac.compare_digest(check,
+                                                                                                     _check(body)):
         raise MalformedToken("the token's checksum does not match: it was mistyped or cut short")
     return body[:ID_BYTES].hex(), body[ID_BYTES:]
 
@@ -155,7 +157,8 @@ def parse_restrictions(columns: Sequence[str], row_filters: Sequence[str], max_r
         name, equals, value = condition.partition("=")
         if not equals or not name:
             raise ConfigError(f"--row-filter {text!r}: give DATASET=COLUMN[__OP]=VALUE, e.g. orders=country=DE")
-        found.setdefault(dataset, {})["filters"] = (*found[dataset].get("filters", ()), (name, value))
+        entry = found.setdefault(dataset, {})
+        entry["filters"] = (*entry.get("filters", ()), (name, value))
     for text in max_rows:
         dataset, count = _split(text, "--max-rows", "orders=100000")
         if not count.isdigit():

@@ -31,7 +31,7 @@ from exporter.results import write_result
 
 log = logging.getLogger(__name__)
 
-JANITOR_SECONDS = 5.0
+JANITOR_SECONDS = 2.0  # also how soon the jobs of a revoked key stop
 MAX_SILENCE_SECONDS = 2.0  # a running job reports progress at least this often, even when no row arrived
 RETRY_SECONDS = 2.0  # after a database error in a worker's own bookkeeping
 
