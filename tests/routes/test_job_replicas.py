@@ -437,3 +437,35 @@ def test_events_stored_on_one_replica_reach_a_stream_open_on_another_through_lis
     assert_well_formed(events)
     assert [(e.type, e.data.get("state")) for e in events[1:]] == [("state", "cancelled"), ("cancelled", "cancelled")]
     assert job["id"] in notifications.payloads[announced:]  # A announced them on the channel B listens on
+
+
+def export_backends(pg: Database) -> list[int]:
+    """Our sessions that are running an export query or hold its transaction open."""
+    rows = pg.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'exporter' AND datname = current_database()"
+        " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid()"
+    )
+    return [row.pid for row in rows]
+
+
+def test_delete_on_one_replica_cancels_the_job_running_on_another_and_leaves_nothing_behind(
+    replicas: Replicas, pg: Database
+) -> None:
+    a = replicas.serve("a", job_workers="0")
+    b = replicas.serve("b", job_workers="1")
+    job = submit(a, "slow", "csv", SLOW_PARAMS)
+    assert wait_for(lambda: running_with_rows(pg, a, job["id"]), seconds=30) == b.pid
+    stream = Stream(f"{b.url}{job['events_url']}")
+    wait_for(lambda: stream.events)
+    assert export_backends(pg)
+
+    cancelled = a.http("DELETE", f"/jobs/{job['id']}")
+    assert cancelled.json()["state"] == "cancelled"
+
+    assert stream.wait_closed(30)[-1].type == "cancelled"
+    wait_for(lambda: not export_backends(pg))  # B's query was cancelled, not left to run to its end
+    wait_for(lambda: not list(replicas.jobs_dir.iterdir()))  # nor is a partial file left
+    logged = wait_for(lambda: pg.execute("SELECT outcome FROM export_log WHERE client_address IS NULL"))
+    assert [row.outcome for row in logged] == ["aborted"]
+    assert job_on(b, job["id"])["state"] == "cancelled"
+    assert b.http("GET", f"/jobs/{job['id']}/result").json()["error"]["code"] == "job_cancelled"
