@@ -256,6 +256,7 @@ class Stream:
     when the server closes the stream; `error` holds what broke it otherwise."""
 
     url: str
+    headers: dict[str, str] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -267,7 +268,7 @@ class Stream:
     def _read(self) -> None:
         try:
             with httpx.Client(timeout=httpx.Timeout(30)) as client, \
-                    connect_sse(client, "GET", self.url) as source:
+                    connect_sse(client, "GET", self.url, headers=dict(self.headers)) as source:
                 assert source.response.status_code == 200
                 for event in parse_events(source.iter_sse()):
                     self.events.append(event)
@@ -385,8 +386,15 @@ def test_sigterm_hands_a_running_job_back_at_once_and_the_process_exits_despite_
         raise AssertionError(f"{holder.name} did not exit on SIGTERM\n{holder.output()}") from None
     stream.done.wait(10)
     assert stream.done.is_set()  # the server ended the stream as it shut down
+    # EventSource reconnects with Last-Event-ID, here to the replica that is left.
+    resumed = Stream(f"{survivor.url}{job['events_url']}", headers={"Last-Event-ID": str(stream.events[-1].id)})
+    rest = resumed.wait_closed()
     done = wait_for_job(replicas, survivor, job["id"], "succeeded", seconds=40)
 
+    assert rest[0].id == stream.events[-1].id and rest[-1].type == "succeeded"
+    assert_well_formed(rest)
+    history = [(e.id, e.type) for e in stored_events(survivor, job["id"]) if e.id > stream.events[0].id]
+    assert [(e.id, e.type) for e in stream.events[1:] + rest[1:]] == history  # no event lost or repeated
     assert done["attempt"] == 1  # the attempt handed back does not count
     # The hand-back woke the other replica's workers; its own were stopping.
     assert QUEUE in notifications.payloads[announced:]
@@ -469,3 +477,29 @@ def test_delete_on_one_replica_cancels_the_job_running_on_another_and_leaves_not
     assert [row.outcome for row in logged] == ["aborted"]
     assert job_on(b, job["id"])["state"] == "cancelled"
     assert b.http("GET", f"/jobs/{job['id']}/result").json()["error"]["code"] == "job_cancelled"
+
+
+def test_sigterm_to_exporter_worker_puts_its_running_job_back_in_the_queue_before_it_exits(
+    replicas: Replicas, pg: Database
+) -> None:
+    server = replicas.serve("server", job_workers="0", job_lease_seconds="60")
+    job = submit(server, "slow", "csv", SLOW_PARAMS)
+    first = replicas.worker("first", job_workers="1", job_lease_seconds="60")
+    assert wait_for(lambda: running_with_rows(pg, server, job["id"]), seconds=30) == first.pid
+
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=30) == 0, first.output()
+
+    # Nothing else runs jobs yet, so the job waits in the queue as the worker left it: its attempt not counted,
+    # its partial file gone, and no export query of it left running.
+    queued = job_on(server, job["id"])
+    assert (queued["state"], queued["attempt"], queued["rows"], queued["started_at"]) == ("queued", 0, 0, None)
+    assert not list(replicas.jobs_dir.iterdir())
+    wait_for(lambda: not export_backends(pg))
+    second = replicas.worker("second", job_workers="1", job_lease_seconds="60")
+    done = wait_for_job(replicas, server, job["id"], "succeeded")
+
+    assert (done["attempt"], done["result"]["rows"]) == (1, 200_000)
+    assert result_sha256(server, done) == done["result"]["sha256"]
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(timeout=30) == 0, second.output()
