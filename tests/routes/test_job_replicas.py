@@ -216,6 +216,15 @@ def running_with_rows(pg: Database, replica: Replica, job_id: str) -> int | None
     return lease_holder(pg, job_id) if job["state"] == "running" and job["rows"] > 0 else None
 
 
+def export_backends(pg: Database) -> list[int]:
+    """Our sessions that are running an export query or hold its transaction open."""
+    rows = pg.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'exporter' AND datname = current_database()"
+        " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid()"
+    )
+    return [row.pid for row in rows]
+
+
 def export_sha256(replica: Replica, dataset: str, fmt: str, params: dict[str, str]) -> str:
     """The sha256 of the synchronous GET /exports/{dataset}.{fmt} with the same parameters, read as it streams."""
     assert replica.url is not None
@@ -365,6 +374,7 @@ def test_kill_9_of_the_process_running_a_job_makes_another_replica_run_it_again(
     except AssertionError:
         raise AssertionError(f"left behind: {list(replicas.jobs_dir.glob('*.part'))}\n{replicas.logs()}") from None
     assert sorted(path.name for path in replicas.jobs_dir.iterdir()) == [f"{job['id']}.csv"]
+    wait_for(lambda: not export_backends(pg))  # nor did the dead process's export query run on
 
 
 def test_sigterm_hands_a_running_job_back_at_once_and_the_process_exits_despite_an_open_event_stream(
@@ -447,15 +457,6 @@ def test_events_stored_on_one_replica_reach_a_stream_open_on_another_through_lis
     assert_well_formed(events)
     assert [(e.type, e.data.get("state")) for e in events[1:]] == [("state", "cancelled"), ("cancelled", "cancelled")]
     assert job["id"] in notifications.payloads[announced:]  # A announced them on the channel B listens on
-
-
-def export_backends(pg: Database) -> list[int]:
-    """Our sessions that are running an export query or hold its transaction open."""
-    rows = pg.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'exporter' AND datname = current_database()"
-        " AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid()"
-    )
-    return [row.pid for row in rows]
 
 
 def test_delete_on_one_replica_cancels_the_job_running_on_another_and_leaves_nothing_behind(
