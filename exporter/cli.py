@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -77,6 +78,18 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     app = create_app(settings)
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """As uvicorn's, but without raising the signal again once the graceful shutdown is done: uvicorn does,
+            so the process died by SIGTERM (exit status 143) although it had stopped cleanly. Like `exporter
+            worker`, a stopped server exits 0."""
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             # Running jobs go back to the queue at once, not after the open downloads have ended.

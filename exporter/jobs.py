@@ -321,7 +321,7 @@ class Jobs:
                                      ["state"])
         if changed is not None:
             await self.announce_positions()
-            self.notifier.wake(events.QUEUE)
+            await self._announce_queued()
 
     async def requeue_lost(self) -> int:
         """Running jobs whose lease expired (their process died) go back to the queue, or fail after
@@ -344,7 +344,7 @@ class Jobs:
                                     "lease_expires_at": None}, ["state"])
         if lost:
             await self.announce_positions()
-            self.notifier.wake(events.QUEUE)
+            await self._announce_queued()
         return len(lost)
 
     async def expire_due(self) -> int:
@@ -401,6 +401,13 @@ class Jobs:
                     await events.announce(conn, row["job_id"])
         for row in rows:
             self.notifier.wake(row["job_id"])
+
+    async def _announce_queued(self) -> None:
+        """Wake the idle workers of every replica, not only this one's: a job went back to the queue. After a
+        hand-back this process's own workers are stopping, so only another replica can take the job."""
+        async with self.engine.begin() as conn:
+            await events.announce(conn, events.QUEUE)
+        self.notifier.wake(events.QUEUE)
 
     def _owned(self, owner: str) -> list[ColumnElement[bool]]:
         return [Job.state == "running", Job.lease_owner == owner]
