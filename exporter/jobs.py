@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -207,10 +207,12 @@ class Jobs:
         async with self.engine.connect() as conn:
             return list(await conn.execute(query))
 
-    async def iter_events(self, job: Job, after: int | None) -> AsyncIterator[tuple[int, str, str]]:
+    async def iter_events(self, job: Job, after: int | None, stopping: Callable[[], bool] = lambda: False
+                          ) -> AsyncIterator[tuple[int, str, str]]:
         """The job's event stream as (id, type, JSON text), ids strictly increasing: first a `state` snapshot of
         the job as read, then every stored event after `after` (or, without it, only those to come; for a
-        finished job its terminal event), live as they are stored, until a terminal event has been sent."""
+        finished job its terminal event), live as they are stored, until a terminal event has been sent, or
+        until `stopping()` (checked at least each poll) says the server is shutting down."""
         if after is None:
             after = job.last_event_id - 1 if job.state in TERMINAL else job.last_event_id
         cursor = min(after, job.last_event_id)
@@ -221,7 +223,7 @@ class Jobs:
                 for event_id, kind, data in batch:
                     yield event_id, kind, data
                     cursor = event_id
-                if batch and batch[-1].type in TERMINAL:
+                if (batch and batch[-1].type in TERMINAL) or stopping():
                     return
                 if not batch:
                     await events.wait(woken)
@@ -340,8 +342,8 @@ class Jobs:
                                    ["state", "failed"])
             else:
                 await self._change(job.id, expired,
-                                   {"state": "queued", "rows": 0, "bytes": 0, "lease_owner": None,
-                                    "lease_expires_at": None}, ["state"])
+                                   {"state": "queued", "started_at": None, "rows": 0, "bytes": 0,
+                                    "lease_owner": None, "lease_expires_at": None}, ["state"])
         if lost:
             await self.announce_positions()
             await self._announce_queued()
