@@ -1,4 +1,4 @@
-"""Console script `exporter`: serve, worker, migrate, seed-demo, keys, audit."""
+"""Console script `exporter`: serve, worker, migrate, seed-demo, keys, audit, check-config."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="allow EXPORTER_AUTH=off on a host other than loopback")
     commands.add_parser("worker", help="run export job workers (EXPORTER_JOB_WORKERS) without HTTP")
+    commands.add_parser("check-config", help="load the configuration, reach every database, list what would be "
+                        "served; exit 1 on any problem")
     commands.add_parser("migrate", help="create or upgrade the service's own tables (alembic upgrade head)")
     seed = commands.add_parser("seed-demo", help="(re)create the demo table `orders` with deterministic rows")
     seed.add_argument("--rows", type=int, default=100_000)
@@ -55,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"exporter: {exc}", file=sys.stderr)
             return 2
+    if args.command == "check-config":
+        from exporter.checks import check_config
+
+        return 1 if asyncio.run(check_config(settings, str(MIGRATIONS))) else 0
     if args.command == "worker":
         return asyncio.run(_work(settings))
     if args.command == "migrate":
