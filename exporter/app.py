@@ -20,7 +20,7 @@ from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
 from exporter.limits import Limits
 from exporter.relay import create_upstreams
-from exporter.routes import datasets, exports, files, health, jobs, proxy
+from exporter.routes import datasets, exports, files, health, jobs, metrics, proxy
 from exporter.workers import run_jobs
 
 
@@ -75,6 +75,6 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
     app.add_middleware(RefuseTokensInUrls)
     install_error_handlers(app, record_refusal)
-    for module in (datasets, exports, jobs, files, proxy, health):
+    for module in (datasets, exports, jobs, files, proxy, health, metrics):
         app.include_router(module.router)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from exporter import metrics
 from exporter.errors import DatabaseUnavailable, DatasetUnavailable
 
 APPLICATION_NAME = "exporter"
@@ -81,7 +83,9 @@ async def open_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
     The connection goes back to the pool on exit, even when the caller is being cancelled.
     """
+    started = time.monotonic()
     conn = await engine.connect()
+    metrics.POOL_WAIT.observe(time.monotonic() - started)
     try:
         if engine.dialect.name == "postgresql":
             await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)

@@ -13,6 +13,7 @@ import anyio
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exporter import metrics
 from exporter.compression import iter_gzip
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
@@ -164,28 +165,60 @@ async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, 
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine
-                        ) -> AsyncIterator[bytes]:
+def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine
+                  ) -> AsyncIterator[bytes]:
     """`chunks`, counted. However it ends (completed, closed because the client left, or failed), `chunks` is
-    closed and one export log row is written before this iterator finishes closing."""
-    outcome, error = "failed", None
-    try:
-        async for chunk in chunks:
-            record.bytes += len(chunk)
-            yield chunk
-        outcome = "completed"
-    except (GeneratorExit, anyio.get_cancelled_exc_class()):
-        outcome = "aborted"
-        raise
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        if record.bytes:
-            log.error("%s of %s aborted after %d bytes: %s", record.kind, record.dataset, record.bytes, error)
-        raise
-    finally:
+    closed and one export log row is written (and the download counted in the metrics) when this closes, even
+    if it was never started: a class, since aclose() on an async generator that never started skips its
+    `finally`, and a relay's upstream connection is open from the start."""
+    return _Recorded(chunks, record, log_engine)
+
+
+class _Recorded:
+    def __init__(self, chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine) -> None:
+        self._chunks = chunks
+        self._record = record
+        self._log_engine = log_engine
+        self._outcome = "aborted"  # closed before the end: the client left, or the server is stopping it
+        self._error: str | None = None
+        self._streaming = False
+        self._closed = False
+
+    def __aiter__(self) -> _Recorded:
+        return self
+
+    async def __anext__(self) -> bytes:
+        record = self._record
+        if not self._streaming:
+            self._streaming = True
+            metrics.ACTIVE_STREAMS.labels(record.kind).inc()
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            self._outcome = "completed"
+            raise
+        except Exception as exc:
+            self._outcome, self._error = "failed", f"{type(exc).__name__}: {exc}"
+            if record.bytes:
+                log.error("%s of %s aborted after %d bytes: %s", record.kind, record.dataset, record.bytes,
+                          self._error)
+            raise
+        if not record.bytes and chunk:
+            metrics.FIRST_BYTE.labels(record.kind).observe(time.monotonic() - record.started)
+        record.bytes += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         with anyio.CancelScope(shield=True):
-            await chunks.aclose()  # type: ignore[attr-defined]
-            await write_log(log_engine, record, outcome, error)
+            try:
+                await self._chunks.aclose()  # type: ignore[attr-defined]
+            finally:
+                if self._streaming:
+                    metrics.ACTIVE_STREAMS.labels(self._record.kind).dec()
+                await write_log(self._log_engine, self._record, self._outcome, self._error)
 
 
 def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -197,7 +230,10 @@ def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, error: str | None) -> None:
-    """Insert the export's log row; a failure here is logged, never raised into the response."""
+    """Count the download in the metrics and insert its log row; a failure here is logged, never raised into
+    the response."""
+    duration = time.monotonic() - record.started
+    metrics.count_download(record.kind, record.dataset, record.format, outcome, record.bytes, record.rows, duration)
     try:
         async with engine.begin() as conn:
             await conn.execute(
@@ -210,7 +246,7 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
                     path=record.path,
                     rows=record.rows,
                     bytes=record.bytes,
-                    duration_seconds=time.monotonic() - record.started,
+                    duration_seconds=duration,
                     client_address=record.client_address,
                     error=error,
                     kind=record.kind,

@@ -30,6 +30,7 @@ from exporter.errors import (
     UnknownJob,
 )
 from exporter.keys import NO_RESTRICTION, Restriction
+from exporter.metrics import QUEUE_WAIT
 from exporter.models import Job, JobEvent
 
 MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
@@ -285,6 +286,7 @@ class Jobs:
                                   "rows": 0, "bytes": 0, "lease_owner": owner, "lease_expires_at": self._lease(stamp)},
                                  ["state"])
         if job is not None:
+            QUEUE_WAIT.observe((stamp - job.created_at).total_seconds())
             await self.announce_positions()
         return job
 

@@ -22,6 +22,7 @@ from exporter.errors import (
     UpstreamUnreachable,
 )
 from exporter.files import safe_segments
+from exporter.metrics import UPSTREAM_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def proxy_location(upstream: Upstream, request_url: httpx.URL, location: str, pr
         if path.startswith(upstream.base_path + "/"):
             return proxy_prefix + path[len(upstream.base_path) + 1:] + mark + query
     log.warning("upstream %s redirected outside its base URL to %s; answered 502", upstream.config.name, location)
+    UPSTREAM_ERRORS.labels(upstream.config.name, "redirect").inc()
     raise UpstreamRedirect(f"upstream {upstream.config.name} redirected outside its base URL")
 
 
@@ -209,9 +211,11 @@ async def open_upstream(upstream: Upstream, method: str, path: str, query: bytes
             response = await upstream.client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             log.warning("upstream %s: %s %s timed out: %r", name, method, url.path, exc)
+            UPSTREAM_ERRORS.labels(name, "timeout").inc()
             raise UpstreamTimeout(f"upstream {name} did not answer in time") from None
         except httpx.TransportError as exc:
             log.warning("upstream %s: %s %s failed: %r", name, method, url.path, exc)
+            UPSTREAM_ERRORS.labels(name, "unreachable").inc()
             raise UpstreamUnreachable(f"upstream {name} is unreachable") from None
         try:
             return UpstreamResponse(upstream, response, relayed_headers(upstream, response, proxy_prefix))
@@ -263,6 +267,7 @@ class _UpstreamChunks:
         name = self._response.upstream.config.name
         log.error("upstream %s: %s broke off after %d body bytes: %r", name, self._response.response.url.path,
                   self._relayed_bytes, exc)
+        UPSTREAM_ERRORS.labels(name, "broke_off").inc()
         if isinstance(exc, httpx.TimeoutException):
             return UpstreamTimeout(f"upstream {name} stopped sending")
         return UpstreamUnreachable(f"upstream {name} broke off its answer")
