@@ -16,6 +16,7 @@ from types import FrameType
 from exporter import admin
 from exporter.config import Settings
 from exporter.errors import ConfigError
+from exporter.logs import configure_logging
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -38,13 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin.add_commands(commands)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         settings = Settings.from_environ()
     except ConfigError as exc:
         print(f"exporter: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_format)
     if args.command == "serve":
         if settings.auth == "off" and not _loopback(args.host) and not args.allow_anonymous:
             print(f"exporter: EXPORTER_AUTH=off would let anyone who reaches {args.host} read everything; serve on "
@@ -103,7 +103,8 @@ def _serve(settings: Settings, host: str, port: int) -> int:
             if runner is not None:
                 asyncio.get_running_loop().call_soon_threadsafe(runner.stop_soon)
 
-    Server(uvicorn.Config(app, host=host, port=port)).run()
+    # uvicorn's lines go through our handler (log_config=None); the access line is ours (logs.RequestIds).
+    Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)).run()
     return 0
 
 

@@ -13,7 +13,7 @@ import anyio
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import metrics
+from exporter import logs, metrics
 from exporter.compression import iter_gzip
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
@@ -85,6 +85,7 @@ class ExportRecord:
     kind: str = "export"
     key_name: str | None = None
     resource: str | None = None  # a file's or relayed path; a job's id
+    request_id: str | None = field(default_factory=logs.request_id.get)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.monotonic)
     rows: int = 0
@@ -157,8 +158,6 @@ async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, 
                 break
             yield chunk
         if passed():
-            log.warning("export of %s stopped: the key %s may read at most %d rows", record.dataset,
-                        record.key_name, max_rows)
             raise RowLimitExceeded(f"this export has more than {max_rows} rows, the most this key may read; "
                                    "narrow it with filters or limit=")
     finally:
@@ -199,10 +198,7 @@ class _Recorded:
             raise
         except Exception as exc:
             self._outcome, self._error = "failed", f"{type(exc).__name__}: {exc}"
-            if record.bytes:
-                log.error("%s of %s aborted after %d bytes: %s", record.kind, record.dataset, record.bytes,
-                          self._error)
-            raise
+            raise  # logged once by the server's request log (logs.RequestIds), or as the job's failure
         if not record.bytes and chunk:
             metrics.FIRST_BYTE.labels(record.kind).observe(time.monotonic() - record.started)
         record.bytes += len(chunk)
@@ -252,6 +248,7 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
                     kind=record.kind,
                     key_name=record.key_name,
                     resource=record.resource,
+                    request_id=record.request_id,
                 )
             )
     except Exception:

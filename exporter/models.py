@@ -145,6 +145,7 @@ class ExportLogEntry(Base):
     kind: Mapped[str | None] = mapped_column(Text)  # export | file | relay | job | job_result
     key_name: Mapped[str | None] = mapped_column(Text)
     resource: Mapped[str | None] = mapped_column(Text)  # a file's or relayed path; a job's id
+    request_id: Mapped[str | None] = mapped_column(Text)  # X-Request-ID, as on the request's log lines
 
 
 class Order(DemoBase):

@@ -118,6 +118,7 @@ class Runner:
         try:
             size, sha256 = export.result()
         except ExportError as error:
+            log.warning("job %s failed: %s: %s", job.id, error.code(), error.message)
             await self._jobs.fail(job, owner, error.code(), error.message)
             return
         except Exception:
