@@ -127,6 +127,8 @@ class RequestIds:
 
 
 def _cause(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # a task group's: the error inside it
+        exc = exc.exceptions[0]
     text = f"{type(exc).__name__}: {exc}"
     if exc.__cause__ is not None:
         text += f" (caused by {type(exc.__cause__).__name__}: {exc.__cause__})"
