@@ -96,12 +96,30 @@ def _serve(settings: Settings, host: str, port: int) -> int:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
+        draining = False
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            # Running jobs go back to the queue at once, not after the open downloads have ended.
-            runner = getattr(app.state, "runner", None)
-            if runner is not None:
-                asyncio.get_running_loop().call_soon_threadsafe(runner.stop_soon)
+            """The first SIGTERM or SIGINT drains (see _drain); a second one stops at once."""
+            if self.draining or getattr(app.state, "limits", None) is None:
+                super().handle_exit(sig, frame)
+                return
+            self.draining = True
+            loop = asyncio.get_running_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain(sig)))
+
+        async def _drain(self, sig: int) -> None:
+            """Running jobs go back to the queue at once and event streams end (their clients reconnect to another
+            replica); /readyz answers 503 and new downloads 503 shutting_down while the downloads in flight get
+            EXPORTER_DRAIN_SECONDS; the rest are then stopped, and uvicorn shuts down."""
+            from sse_starlette.sse import AppStatus
+
+            logging.getLogger(__name__).info("draining for up to %.0f s", settings.drain_seconds)
+            app.state.runner.stop_soon()
+            AppStatus.should_exit = True
+            try:
+                await app.state.limits.drain(settings.drain_seconds)
+            finally:
+                super().handle_exit(sig, None)
 
     # uvicorn's lines go through our handler (log_config=None); the access line is ours (logs.RequestIds).
     Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)).run()

@@ -29,7 +29,7 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 # Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
-AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format")
+AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format", "drain_seconds")
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Settings:
     link_ttl_seconds: float = 900.0  # signed result links work this long
     key_max_concurrent: int = 4  # downloads and jobs at once per key, unless the key says otherwise
     log_format: str | None = None  # json | text; None: text on a terminal, JSON otherwise
+    drain_seconds: float = 30.0  # on SIGTERM, how long downloads in flight may take before they are stopped
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -130,6 +131,7 @@ class Settings:
             key_max_concurrent=_whole("key_max_concurrent", data.get("key_max_concurrent", cls.key_max_concurrent),
                                       1),
             log_format=_choice("log_format", data["log_format"], ("json", "text")) if data.get("log_format") else None,
+            drain_seconds=_seconds("drain_seconds", data.get("drain_seconds", cls.drain_seconds)),
         )
 
     @classmethod

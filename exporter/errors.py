@@ -216,6 +216,12 @@ class TooManyRequests(ExportError):
     status = 429
 
 
+class ShuttingDown(ExportError):
+    """The server is draining (SIGTERM): no new downloads; those in flight are stopped when the drain is over."""
+
+    status = 503
+
+
 class RowLimitExceeded(ExportError):
     """The export would pass the key's --max-rows for the dataset: the transfer is aborted, never ended cleanly."""
 
