@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from exporter import admin
 from exporter.config import Settings
@@ -24,9 +22,10 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="exporter", description="Bulk data export service.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the HTTP API")
+    serve = commands.add_parser("serve", help="serve the HTTP API (and EXPORTER_JOB_WORKERS job workers)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes serving on the one port (default 1)")
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="allow EXPORTER_AUTH=off on a host other than loopback")
     commands.add_parser("worker", help="run export job workers (EXPORTER_JOB_WORKERS) without HTTP")
@@ -50,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"exporter: EXPORTER_AUTH=off would let anyone who reaches {args.host} read everything; serve on "
                   "127.0.0.1, turn auth on, or pass --allow-anonymous", file=sys.stderr)
             return 2
-        return _serve(settings, args.host, args.port)
+        if args.workers < 1:
+            print("exporter: --workers must be 1 or more", file=sys.stderr)
+            return 2
+        from exporter import server
+
+        return server.serve(args.host, args.port, args.workers)
     if args.command in ("keys", "audit"):
         try:
             return asyncio.run(admin.run(settings, args))
@@ -74,56 +78,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _serve(settings: Settings, host: str, port: int) -> int:
-    import uvicorn
-
-    from exporter.app import create_app
-
-    app = create_app(settings)
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            """As uvicorn's, but without raising the signal again once the graceful shutdown is done: uvicorn does,
-            so the process died by SIGTERM (exit status 143) although it had stopped cleanly. Like `exporter
-            worker`, a stopped server exits 0."""
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-        draining = False
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            """The first SIGTERM or SIGINT drains (see _drain); a second one stops at once."""
-            if self.draining or getattr(app.state, "limits", None) is None:
-                super().handle_exit(sig, frame)
-                return
-            self.draining = True
-            loop = asyncio.get_running_loop()
-            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain(sig)))
-
-        async def _drain(self, sig: int) -> None:
-            """Running jobs go back to the queue at once and event streams end (their clients reconnect to another
-            replica); /readyz answers 503 and new downloads 503 shutting_down while the downloads in flight get
-            EXPORTER_DRAIN_SECONDS; the rest are then stopped, and uvicorn shuts down."""
-            from sse_starlette.sse import AppStatus
-
-            logging.getLogger(__name__).info("draining for up to %.0f s", settings.drain_seconds)
-            app.state.runner.stop_soon()
-            AppStatus.should_exit = True
-            try:
-                await app.state.limits.drain(settings.drain_seconds)
-            finally:
-                super().handle_exit(sig, None)
-
-    # uvicorn's lines go through our handler (log_config=None); the access line is ours (logs.RequestIds).
-    Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)).run()
-    return 0
 
 
 async def _work(settings: Settings) -> int:

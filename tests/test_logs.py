@@ -79,3 +79,37 @@ def _up(url: str) -> bool:
         return httpx.get(f"{url}/healthz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_serve_with_two_workers_shares_the_port_and_metrics_count_both(pg: Database, tmp_path: Path) -> None:
+    pg.seed_demo(100)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")},
+           "EXPORTER_DATABASE_URL": pg.url, "EXPORTER_AUTH": "off", "EXPORTER_LOG_FORMAT": "json",
+           "EXPORTER_JOBS_DIR": str(tmp_path / "jobs")}
+    server = subprocess.Popen([EXPORTER, "serve", "--port", str(port), "--workers", "2"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(url), 60)
+        before = _downloads(url)
+        for _ in range(40):  # a new connection each: the kernel hands them to either process
+            assert httpx.get(f"{url}/exports/orders.csv", params={"limit": "3"},
+                             headers={"Connection": "close"}).status_code == 200
+        wait_for(lambda: _downloads(url) - before == 40)
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=60)
+    assert server.returncode == 0
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    served_by = {line["pid"] for line in lines if line["logger"] == "exporter.access" and
+                 line["path"] == "/exports/orders.csv"}
+    assert len(served_by) == 2
+
+
+def _downloads(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "exporter_downloads_total" and sample.labels["dataset_or_root"] == "orders")
