@@ -20,6 +20,7 @@ from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
 from exporter.limits import Limits
 from exporter.logs import RequestIds
+from exporter.openapi import document
 from exporter.relay import create_upstreams
 from exporter.routes import datasets, exports, files, health, jobs, metrics, proxy
 from exporter.workers import run_jobs
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RefuseTokensInUrls)
     app.add_middleware(RequestIds)  # outermost: refusals get a request id and an access line too
     install_error_handlers(app, record_refusal)
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
     for module in (datasets, exports, jobs, files, proxy, health, metrics):
         app.include_router(module.router)
     return app

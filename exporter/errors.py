@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 
 class ExportError(Exception):
@@ -258,19 +259,30 @@ def install_error_handlers(app: FastAPI,
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         code = re.sub(r"\W+", "_", _reason(exc.status_code)).lower()
-        return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed(request))  # every route on this path, not just the first
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return JSONResponse(error_body("invalid_parameter", f"{where}: {first.get('msg')}"), status_code=400)
+        location = [str(part) for part in first.get("loc", ())]
+        parameter = location[1] if len(location) > 1 and location[0] in ("query", "path", "header") else None
+        return JSONResponse(error_body("invalid_parameter", f"{'.'.join(location)}: {first.get('msg')}", parameter),
+                            status_code=400)
 
     app.add_exception_handler(ExportError, on_export_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+
+
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def _reason(status: int) -> str:

@@ -6,7 +6,7 @@ import base64
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
@@ -19,7 +19,6 @@ from exporter.config import FileRootConfig
 from exporter.deps import CatalogDep, EngineDep, JobsDep, LimitsDep, SettingsDep
 from exporter.errors import InvalidParameter, JobExpired, RevokedToken
 from exporter.exports import (
-    EXPORT_FORMATS,
     Export,
     ExportRecord,
     export_media_type,
@@ -29,7 +28,7 @@ from exporter.exports import (
     write_log,
 )
 from exporter.files import Target
-from exporter.jobs import STATES, TERMINAL, JobRequest, Jobs, filename
+from exporter.jobs import TERMINAL, JobRequest, Jobs, filename
 from exporter.keys import ANONYMOUS, Caller, caller_of
 from exporter.limits import Limits, released_on_error
 from exporter.models import Job
@@ -41,6 +40,7 @@ RETRY_MILLISECONDS = 3000  # how long EventSource waits before it reconnects
 SHUTDOWN_GRACE_SECONDS = 2.0  # more than the streams' poll, so each sees the shutdown and ends cleanly
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII
 CACHE_CONTROL = {"Cache-Control": "no-cache"}
+State = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 
 
 class JobSubmission(BaseModel):
@@ -49,7 +49,7 @@ class JobSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str
-    format: str
+    format: Literal["csv", "ndjson", "csv.gz", "ndjson.gz"]
     params: dict[str, str] = {}
 
 
@@ -57,8 +57,6 @@ class JobSubmission(BaseModel):
 async def create_job(submission: JobSubmission, request: Request, catalog: CatalogDep, caller: CallerDep
                      ) -> Response:
     require(caller, "dataset", submission.dataset)
-    if submission.format not in EXPORT_FORMATS:
-        raise InvalidParameter(f"format must be one of {', '.join(EXPORT_FORMATS)}", parameter="format")
     params = list(submission.params.items())
     export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,
                                   caller.restriction(submission.dataset))
@@ -99,10 +97,8 @@ def _owner(caller: Caller) -> str | None:
 
 
 @router.get("/jobs", response_class=JSONResponse)
-async def list_jobs(jobs: JobsDep, caller: CallerDep, state: str | None = None,
+async def list_jobs(jobs: JobsDep, caller: CallerDep, state: State | None = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
-    if state is not None and state not in STATES:
-        raise InvalidParameter(f"state must be one of {', '.join(STATES)}", parameter="state")
     return JSONResponse({"jobs": [jobs.json(job) for job in await jobs.newest(state, limit, _owner(caller))]})
 
 
@@ -118,12 +114,10 @@ async def delete_job(job_id: str, jobs: JobsDep, caller: CallerDep) -> Response:
 
 @router.get("/jobs/{job_id}/events", response_class=Response)
 async def job_events(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep, caller: CallerDep,
-                     last_event_id: str | None = None) -> Response:
+                     last_event_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
     """The job's event stream (WHATWG Server-Sent Events), resumable with Last-Event-ID or ?last_event_id=."""
-    if last_event_id is not None and not last_event_id.isdigit():
-        raise InvalidParameter("last_event_id must be an event id (a whole number)", parameter="last_event_id")
     header = request.headers.get("last-event-id", "").strip()
-    after = int(header) if header.isdigit() else int(last_event_id) if last_event_id is not None else None
+    after = int(header) if header.isdigit() else last_event_id
     job = await jobs.get(job_id, _owner(caller))
     if job.state in TERMINAL and after is not None and after >= job.last_event_id:
         return Response(status_code=204)  # it has seen the end: 204 tells EventSource to stop reconnecting
