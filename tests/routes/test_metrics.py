@@ -17,7 +17,7 @@ from tests.conftest import Database
 from tests.routes.test_auth import bearer, create_key
 from tests.routes.test_exports import wait_for
 from tests.routes.test_jobs import SLOW, TERMINAL, make_slow
-from tests.servers import ServerThread
+from tests.servers import ChunkedReader, ServerThread
 from tests.upstreams import RawServer, closed_port, drop, endless, files_upstream, sparse_file
 
 Serve = Callable[[Settings], ServerThread]
@@ -145,8 +145,8 @@ def test_relays_files_and_results_that_break_off_or_are_left_are_counted_too(
             response.read()
         with httpx.stream("GET", f"{server.url}/proxy/endless/x") as response:
             next(response.iter_raw())
-        with httpx.stream("GET", result_url) as response:
-            next(response.iter_raw())
+        with ChunkedReader.connect(server.url, done["result"]["url"]):  # a small receive buffer, never read
+            wait_for(lambda: value(samples(server), "exporter_active_streams", kind="job_result") == 1)
         for url, path in ((f"{server.url}/files/r/big.bin", big),
                           (result_url, tmp_path / "jobs" / f"{job['id']}.csv")):
             with pytest.raises(httpx.HTTPError), httpx.stream("GET", url) as response:
