@@ -195,6 +195,7 @@ class _Recorded:
             chunk = await anext(self._chunks)
         except StopAsyncIteration:
             self._outcome = "completed"
+            await self.aclose()  # the row is there before the response's last byte, as a client would expect
             raise
         except Exception as exc:
             self._outcome, self._error = "failed", f"{type(exc).__name__}: {exc}"
