@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ EXPORT_PATH = "/exports/orders.csv"
 JOB_BODY = {"dataset": "orders", "format": "csv", "params": {}}
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 WARM_UP_ROWS = 50_000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONCURRENT_JOBS = 4
 SAMPLE_SECONDS = 0.02  # VmRSS sampling interval during the memory loads
 SETTLE_SECONDS = 1.0  # before an idle RSS is read: the previous load's jobs are deleted, its streams closed
@@ -88,7 +89,16 @@ MEMORY_RUNS = 3
 
 
 @dataclass
-class JobRun(Run):
+class MeasuredRun(Run):
+    """A run with the CPU time it cost the server process and the database's backends (all of its sessions:
+    the export's and the jobs' bookkeeping), which the machine's other load does not change much."""
+
+    server_cpu_seconds: float | None = None
+    postgres_cpu_seconds: float | None = None
+
+
+@dataclass
+class JobRun(MeasuredRun):
     """A job's run: `seconds` from the POST to its terminal event; from the job's own timestamps, the time it
     waited to be claimed and the time it ran (claim to finish)."""
 
@@ -126,8 +136,8 @@ async def run_job(client: httpx.AsyncClient, base: str, body: dict[str, Any]) ->
             await client.delete(f"{base}/jobs/{job_id}")
     error = None if job["state"] == "succeeded" else f"job {job['state']}: {job.get('error')}"
     size = job["result"]["size"] if job["result"] else 0
-    return JobRun(seconds, None, size, error, seconds_between(job, "created_at", "started_at"),
-                  seconds_between(job, "started_at", "finished_at"))
+    return JobRun(seconds, None, size, error, queued_seconds=seconds_between(job, "created_at", "started_at"),
+                  running_seconds=seconds_between(job, "started_at", "finished_at"))
 
 
 def job_body(rows: int | None) -> dict[str, Any]:
@@ -161,14 +171,43 @@ def concurrent_streams(server: Server) -> list[Run]:
 # --- 1. job against stream ----------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process; 0 if it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def backends_cpu_seconds() -> dict[int, float]:
+    """CPU time of each PostgreSQL backend connected to the benchmark's database (same machine)."""
+    query = f"SELECT pid FROM pg_stat_activity WHERE datname = '{DATABASE}'"
+    done = subprocess.run([*PSQL, "-d", "postgres", "-At", "-c", query], capture_output=True, text=True, check=True)
+    return {pid: cpu_seconds(pid) for pid in map(int, done.stdout.split())}
+
+
+def counting_cpu(server: Server, fetch: Callable[[], Run]) -> Callable[[], Run]:
+    """`fetch`, with the CPU time the run cost the server and the database's backends added to its run."""
+    def counted() -> Run:
+        server_before, backends_before = cpu_seconds(server.process.pid), backends_cpu_seconds()
+        run = fetch()
+        server_cpu = cpu_seconds(server.process.pid) - server_before
+        postgres_cpu = sum(seconds - backends_before.get(pid, 0.0) for pid, seconds in backends_cpu_seconds().items())
+        measured = run if isinstance(run, MeasuredRun) else MeasuredRun(**asdict(run))
+        return replace(measured, server_cpu_seconds=server_cpu, postgres_cpu_seconds=postgres_cpu)
+
+    return counted
+
+
 def job_and_stream(path: str, server: Server, runs: int) -> tuple[Case, Case]:
     """A short warm-up of each (the first job of the process starts its worker's threads), then `runs`
     alternating rounds."""
     warm_up = [Case(f"stream {path}", WARM_UP_ROWS, lambda: one_stream(server, WARM_UP_ROWS)),
                Case(f"job {path}", WARM_UP_ROWS, lambda: one_job(server, WARM_UP_ROWS))]
     measure(f"{path} warm-up", warm_up, 1)
-    stream = Case(f"stream {path}", ROWS, lambda: one_stream(server))
-    job = Case(f"job {path}", ROWS, lambda: one_job(server), reference=stream.name)
+    stream = Case(f"stream {path}", ROWS, counting_cpu(server, lambda: one_stream(server)))
+    job = Case(f"job {path}", ROWS, counting_cpu(server, lambda: one_job(server)), reference=stream.name)
     measure(path, [stream, job], runs)
     return stream, job
 
@@ -405,21 +444,32 @@ def print_report(cases: list[Case], latency: list[Latency], listening: int,
     by_name = {case.name: case for case in cases}
     print(f"\n1. {ROWS:,}-row CSV: job (POST to `succeeded` event) against the stream (curl to /dev/null), "
           f"alternating; {os.cpu_count()} CPUs\n")
-    table = [("case", "runs", "median s", "min s", "max s", "MB/s", "queued s", "running s", "job/stream")]
+    table = [("case", "runs", "median s", "min s", "max s", "MB/s", "queued s", "running s", "server CPU s",
+              "postgres CPU s", "job/stream", "per round")]
     for case in cases:
         times = [run.seconds for run in case.runs]
+        server_cpu = [run.server_cpu_seconds for run in case.runs
+                      if isinstance(run, MeasuredRun) and run.server_cpu_seconds is not None]
+        postgres_cpu = [run.postgres_cpu_seconds for run in case.runs
+                        if isinstance(run, MeasuredRun) and run.postgres_cpu_seconds is not None]
         jobs = [run for run in case.runs if isinstance(run, JobRun)]
         queued = [run.queued_seconds for run in jobs if run.queued_seconds is not None]
         running = [run.running_seconds for run in jobs if run.running_seconds is not None]
         reference = by_name.get(case.reference or "")
-        ratio = f"{case.median_seconds / reference.median_seconds:.2f}" if reference else ""
+        ratio = rounds = ""
+        if reference:
+            ratio = f"{case.median_seconds / reference.median_seconds:.2f}"
+            paired = [run.seconds / ref.seconds for run, ref in zip(case.runs, reference.runs, strict=True)]
+            rounds = f"{statistics.median(paired):.2f}"
         table.append((case.name, str(len(times)), f"{statistics.median(times):.2f}", f"{min(times):.2f}",
                       f"{max(times):.2f}", f"{case.bytes / MB / case.median_seconds:.1f}",
                       f"{statistics.median(queued):.3f}" if queued else "",
-                      f"{statistics.median(running):.2f}" if running else "", ratio))
+                      f"{statistics.median(running):.2f}" if running else "", f"{statistics.median(server_cpu):.2f}",
+                      f"{statistics.median(postgres_cpu):.2f}", ratio, rounds))
     print_table(table, text_columns=1)
-    print("queued / running: the job's own created_at → started_at and started_at → finished_at (medians); "
-          "target job/stream ≤ 1.1\n")
+    print("queued / running: the job's own created_at → started_at and started_at → finished_at; CPU: the server "
+          "process and\nthe database's backends, from /proc; all medians. job/stream: of the median times "
+          "(target ≤ 1.1);\nper round: median of each round's ratio\n")
 
     print(f"2. event latency: jobs run on `runner`, their streams open on every replica; {listening} sessions "
           "LISTEN (runner and replica)\n")
