@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.bench_files
 	$(BIN)/python -m tests.bench_proxy
 	$(BIN)/python -m tests.bench_auth
+	$(BIN)/python -m tests.bench_jobs
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
