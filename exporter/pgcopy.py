@@ -21,8 +21,8 @@ from exporter.db import create_db_engine, database_errors, open_snapshot
 from exporter.queries import ExportQuery, build_query
 from exporter.serializers import CsvOptions
 
-CHUNK_BYTES = 64 * 1024  # COPY data arrives in socket-read pieces (~8 KiB); sent in chunks of about this
-QUEUED_PIECES = 16  # bounded buffering between COPY and the client: a slow client pauses COPY
+CHUNK_BYTES = 64 * 1024  # COPY data arrives in pieces of 8 KiB to ~300 KB; small ones are gathered up to this
+QUEUED_PIECES = 16  # bounded buffering between COPY and the client (up to ~5 MB): a slow client pauses COPY
 FLUSH_SECONDS = 0.05  # a chunk waits at most this long to fill up, so a slowly producing query still streams
 
 Render = Callable[[ColumnElement[Any]], ColumnElement[Any]]
