@@ -46,6 +46,7 @@ CODES: dict[type[ExportError], str] = {
     errors.TokenInUrl: "token_in_url",
     errors.TooManyRequests: "too_many_requests",
     errors.RowLimitExceeded: "row_limit_exceeded",
+    errors.ShuttingDown: "shutting_down",
 }
 
 
