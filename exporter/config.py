@@ -18,6 +18,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see README "Files"
 MAX_FILE_CHUNK_BYTES = 64 * 1024 * 1024
+DEFAULT_PARQUET_ROW_GROUP_ROWS = 131_072  # memory holds about one row group of a Parquet export
 ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # file roots and upstreams: safe in a URL path as they are
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
 # Meaningful for one connection only, never relayed (RFC 9110 §7.6.1).
@@ -39,6 +40,7 @@ class DatasetConfig:
     sql: str | None = None
     filterable: tuple[str, ...] = ()
     source: str | None = None
+    formula_guard: bool = False  # the CSV formula guard by default (formula_guard=false turns it off)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
     copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
+    parquet_row_group_rows: int = DEFAULT_PARQUET_ROW_GROUP_ROWS
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     file_roots: Mapping[str, FileRootConfig] = field(default_factory=dict)
@@ -84,7 +87,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams"}
+                 "upstreams", "parquet_row_group_rows"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -102,6 +105,8 @@ class Settings:
             file_chunk_bytes=_whole("file_chunk_bytes", data.get("file_chunk_bytes", cls.file_chunk_bytes), 1,
                                     MAX_FILE_CHUNK_BYTES),
             upstreams=_upstreams(data.get("upstreams", {}), environ),
+            parquet_row_group_rows=_whole("parquet_row_group_rows",
+                                          data.get("parquet_row_group_rows", cls.parquet_row_group_rows), 1),
         )
 
     @classmethod
@@ -112,7 +117,7 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes"):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", "parquet_row_group_rows"):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
@@ -153,7 +158,7 @@ def _source_url(name: str, table: Mapping[str, Any], environ: Mapping[str, str])
 
 
 def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) -> DatasetConfig:
-    unknown = set(table) - {"description", "table", "sql", "key", "filterable", "source"}
+    unknown = set(table) - {"description", "table", "sql", "key", "filterable", "source", "formula_guard"}
     if unknown:
         raise ConfigError(f"dataset {name}: unknown keys {', '.join(sorted(unknown))}")
     if ("table" in table) == ("sql" in table):
@@ -174,6 +179,7 @@ def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) ->
         sql=table.get("sql"),
         filterable=tuple(filterable),
         source=source,
+        formula_guard=_flag(f"dataset {name}: formula_guard", table.get("formula_guard", False)),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from exporter.config import DatasetConfig
 from exporter.db import database_errors
 from exporter.errors import DatasetUnavailable, UnknownDataset
 
-# What a value is, for parsing filters and for rendering; see serializers.py.
+# What a value is, for parsing filters and for rendering; see formats/values.py.
 KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",
          "interval", "uuid", "json", "bytes", "other")
 
@@ -59,14 +59,15 @@ class Dataset:
     def key(self) -> Column:
         return self.columns[self.config.key]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, formats: Sequence[str]) -> dict[str, Any]:
+        """Discovery JSON; `formats` are the format names an export of it may end in."""
         return {
             "name": self.name,
             "description": self.config.description,
             "key": self.config.key,
             "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in self.columns.values()],
             "filterable": list(self.config.filterable),
-            "formats": ["csv", "ndjson", "csv.gz", "ndjson.gz"],
+            "formats": list(formats),
         }
 
 

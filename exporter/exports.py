@@ -13,14 +13,14 @@ import anyio
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.compression import iter_gzip
+from exporter.compression import COMPRESSORS
 from exporter.config import Settings
 from exporter.datasets import Dataset
+from exporter.formats import BOM, CsvOptions, FormatDefaults, Options, Serializer, create_serializer
 from exporter.models import ExportLogEntry
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
 from exporter.queries import ExportQuery
 from exporter.rows import iter_rows
-from exporter.serializers import BOM, CsvOptions, Serializer, create_serializer
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,19 @@ async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serial
         await batches.aclose()  # type: ignore[attr-defined]
 
 
-def open_chunks(dataset: Dataset, query: ExportQuery, options: CsvOptions | None, settings: Settings,
+def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings: Settings,
                 record: ExportRecord) -> AsyncIterator[bytes]:
-    """The export's bytes: from COPY where it applies (PostgreSQL, fast path on), else cursor + serializer."""
+    """The export's bytes, uncompressed: from COPY where it applies (PostgreSQL, fast path on, CSV or NDJSON),
+    else cursor + serializer."""
     dialect = dataset.engine.dialect.name
-    fmt = "ndjson" if options is None else "csv"
-    if settings.copy_fast_path and dialect == "postgresql" and copy_applies(query, fmt, options):
+    fmt = options.serialization
+    csv = options if isinstance(options, CsvOptions) else None
+    if (settings.copy_fast_path and dialect == "postgresql" and fmt in ("csv", "ndjson")
+            and copy_applies(query, fmt, csv)):
         record.path = "copy"
-        chunks = iter_copy(dataset.engine, copy_statement(query, fmt), copy_options(fmt, options), record.set_rows)
-        return _iter_prefixed(BOM, chunks) if options is not None and options.bom else chunks
+        statement = copy_statement(query, fmt, formula_guard=csv is not None and csv.formula_guard)
+        chunks = iter_copy(dataset.engine, statement, copy_options(fmt, csv), record.set_rows)
+        return _iter_prefixed(BOM, chunks) if csv is not None and csv.bom else chunks
     record.path = "generic"
     batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
     return iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
@@ -80,12 +84,18 @@ async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIt
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def iter_export(chunks: AsyncIterator[bytes], *, gzip: bool, record: ExportRecord, log_engine: AsyncEngine
-                      ) -> AsyncIterator[bytes]:
-    """The export's body. However it ends (completed, closed because the client left, or failed), the rows
-    are released and one export log row is written before this iterator finishes closing."""
-    if gzip:
-        chunks = iter_gzip(chunks)
+def format_defaults(dataset: Dataset, settings: Settings) -> FormatDefaults:
+    return FormatDefaults(formula_guard=dataset.config.formula_guard,
+                          parquet_row_group_rows=settings.parquet_row_group_rows)
+
+
+async def iter_export(chunks: AsyncIterator[bytes], *, compression: str | None, record: ExportRecord,
+                      log_engine: AsyncEngine) -> AsyncIterator[bytes]:
+    """The export's body, compressed with `compression` ("gzip", "zstd" or None). However it ends (completed,
+    closed because the client left, or failed), the rows are released and one export log row is written before
+    this iterator finishes closing."""
+    if compression is not None:
+        chunks = COMPRESSORS[compression](chunks)
     outcome, error = "failed", None
     try:
         async for chunk in chunks:

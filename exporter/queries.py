@@ -25,7 +25,7 @@ from exporter.errors import (
 )
 
 QUERY_PARAMETERS = frozenset({"columns", "order", "limit", "after"})
-CSV_PARAMETERS = frozenset({"header", "delimiter", "null", "bom"})
+CSV_PARAMETERS = frozenset({"header", "delimiter", "null", "bom", "formula_guard"})
 
 _INT64 = (-(2**63), 2**63 - 1)
 
