@@ -40,6 +40,7 @@ class Column:
     kind: str
     nullable: bool
     scale: int | None = None  # numeric scale, needed where SQLite hands back floats
+    precision: int | None = None  # numeric precision, for the typed formats' decimal types
     # Selected as PostgreSQL's text output on both export paths: types whose driver values do not map
     # one to one onto that text (dates incl. infinity, intervals, real, arrays, timetz, other types).
     as_text: bool = False
@@ -142,6 +143,7 @@ def _from_sqlalchemy(reflected: Any, dialect: Dialect) -> Column:
         kind=kind,
         nullable=bool(reflected["nullable"]),
         scale=getattr(sa_type, "scale", None),
+        precision=getattr(sa_type, "precision", None) if kind == "decimal" else None,
         as_text=as_text,
     )
 

@@ -12,8 +12,10 @@ from typing import Any, Protocol
 
 from exporter.datasets import Column
 from exporter.errors import UnknownFormat
+from exporter.formats.arrow import ArrowOptions, ArrowStreamSerializer
 from exporter.formats.csv import BOM, CsvOptions, CsvSerializer, csv_options, reject_csv_options
 from exporter.formats.ndjson import NdjsonOptions, NdjsonSerializer
+from exporter.formats.parquet import ParquetOptions, ParquetSerializer
 
 __all__ = ["BOM", "FORMATS", "CsvOptions", "CsvSerializer", "ExportFormat", "FormatDefaults", "NdjsonOptions",
            "NdjsonSerializer", "Options", "Serializer", "create_serializer", "csv_options", "format_options",
@@ -30,7 +32,7 @@ class Serializer(Protocol):
     def footer(self) -> bytes: ...
 
 
-Options = CsvOptions | NdjsonOptions
+Options = CsvOptions | NdjsonOptions | ParquetOptions | ArrowOptions
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,24 @@ def _ndjson_options(params: Mapping[str, str], defaults: FormatDefaults) -> Ndjs
     return NdjsonOptions()
 
 
+def _parquet_options(params: Mapping[str, str], defaults: FormatDefaults) -> ParquetOptions:
+    reject_csv_options(params)
+    return ParquetOptions(row_group_rows=defaults.parquet_row_group_rows)
+
+
+def _arrow_options(params: Mapping[str, str], defaults: FormatDefaults) -> ArrowOptions:
+    reject_csv_options(params)
+    return ArrowOptions()
+
+
 SERIALIZATIONS: dict[str, Serialization] = {
     "csv": Serialization(CsvSerializer.media_type, lambda params, d: csv_options(params, formula_guard=d.formula_guard),
                          CsvSerializer),
     "ndjson": Serialization(NdjsonSerializer.media_type, _ndjson_options, lambda cols, dialect, _: NdjsonSerializer(
         cols, dialect)),
+    "parquet": Serialization(ParquetSerializer.media_type, _parquet_options, ParquetSerializer),
+    "arrow": Serialization(ArrowStreamSerializer.media_type, _arrow_options,
+                           lambda cols, dialect, _: ArrowStreamSerializer(cols, dialect)),
 }
 TEXT_SERIALIZATIONS = ("csv", "ndjson")  # those that take a Content-Encoding or a compressed file name
 

@@ -83,6 +83,24 @@ def test_terminated_backend_mid_export_makes_curl_exit_with_an_incomplete_transf
     assert after.text == "id,digest\n1,c4ca4238a0b923820dcc509a6f75849b\n"
 
 
+@pytest.mark.parametrize(("filename", "starts_with"), [("slow.parquet", b"PAR1"), ("slow.arrow", b"\xff\xff\xff\xff")])
+def test_terminated_backend_mid_export_of_a_typed_format_makes_curl_exit_with_an_incomplete_transfer(
+    pg: Database, serve: Serve, tmp_path: Path, filename: str, starts_with: bytes
+) -> None:
+    server = serve(pg.settings(batch_rows=100, parquet_row_group_rows=1000, datasets=SLOW))
+    output = tmp_path / filename
+    curl = subprocess.Popen(["curl", "-sS", "-o", str(output), f"{server.url}/exports/{filename}"],
+                            stderr=subprocess.PIPE)
+    wait_for(lambda: output.exists() and output.stat().st_size > 1000 and busy_backends(pg))
+    terminate_exports(pg)
+    _, stderr = curl.communicate(timeout=60)
+    assert curl.returncode == 18, stderr  # CURLE_PARTIAL_FILE: the chunked body never ended
+    assert output.read_bytes().startswith(starts_with)
+    entry = wait_for(lambda: export_log(pg, "slow"))[0]
+    assert (entry["outcome"], entry["path"], entry["format"]) == ("failed", "generic", filename.split(".", 1)[1])
+    wait_for(lambda: pool_idle(server))
+
+
 def test_client_disconnect_cancels_the_query_and_returns_the_connection(
     pg: Database, serve: Serve, path: str
 ) -> None:
