@@ -21,7 +21,7 @@ import pytest
 
 from exporter.config import Settings
 from tests.conftest import Database
-from tests.routes.test_copy import all_types as all_types_fixture  # noqa: F401  (registers the fixture)
+from tests.routes.test_copy import fill_all_types
 from tests.routes.test_exports import stored_orders
 from tests.servers import ChunkedReader, ServerThread
 
@@ -107,6 +107,11 @@ def test_arrow_stream_batches_can_be_read_as_they_arrive(db: Database, serve: Se
         # The first chunk alone is a readable schema and batch; the rest has not been read yet.
         stream = pyarrow.ipc.open_stream(first + b"")
         assert stream.read_next_batch().num_rows == 1000
+
+
+@pytest.fixture
+def all_types(pg: Database) -> Database:
+    return fill_all_types(pg)
 
 
 def database_values(pg: Database) -> list[list[Any]]:

@@ -51,6 +51,10 @@ AWKWARD_ROWS = [
 @pytest.fixture
 def all_types(pg: Database) -> Database:
     """PostgreSQL with `all_types`: the awkward rows above, then 300 rows of random floats and text."""
+    return fill_all_types(pg)
+
+
+def fill_all_types(pg: Database) -> Database:
     rng = random.Random(20261121)
     floats = [rng.choice([rng.random() * 10 ** rng.randint(-30, 30), rng.uniform(-1e6, 1e6),
                           rng.randint(-2**53, 2**53) / 7, float(rng.randint(-10**6, 10**6))]) for _ in range(300)]
