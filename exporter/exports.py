@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter.compression import COMPRESSORS
 from exporter.config import Settings
 from exporter.datasets import Dataset
-from exporter.formats import BOM, CsvOptions, FormatDefaults, Options, Serializer, create_serializer
+from exporter.errors import TooManyRowsForXlsx
+from exporter.formats import BOM, MAX_ROWS, CsvOptions, FormatDefaults, Options, Serializer, create_serializer
 from exporter.models import ExportLogEntry
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
 from exporter.queries import ExportQuery
-from exporter.rows import iter_rows
+from exporter.rows import count_rows, iter_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,26 @@ def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings
         return _iter_prefixed(BOM, chunks) if csv is not None and csv.bom else chunks
     record.path = "generic"
     batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
-    return iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
+    chunks = iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
+    if fmt in MAX_ROWS:
+        return _iter_within_row_limit(dataset, query, MAX_ROWS[fmt], chunks)
+    return chunks
+
+
+async def _iter_within_row_limit(dataset: Dataset, query: ExportQuery, max_rows: int, chunks: AsyncIterator[bytes]
+                                 ) -> AsyncIterator[bytes]:
+    """`chunks`, once a count with the export's filters shows at most `max_rows` rows; else TooManyRowsForXlsx
+    before the first byte (the only format with a row limit), which the response turns into a 400."""
+    try:
+        rows = await count_rows(dataset.engine, query.statement)
+        if rows > max_rows:
+            raise TooManyRowsForXlsx(
+                f"the export has {rows:,} rows and an Excel sheet holds {max_rows:,} below its header: "
+                f"filter it (or use limit=) or export .csv, .parquet or .arrow instead", parameter="format")
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -16,10 +16,27 @@ from exporter.formats.arrow import ArrowOptions, ArrowStreamSerializer
 from exporter.formats.csv import BOM, CsvOptions, CsvSerializer, csv_options, reject_csv_options
 from exporter.formats.ndjson import NdjsonOptions, NdjsonSerializer
 from exporter.formats.parquet import ParquetOptions, ParquetSerializer
+from exporter.formats.xlsx import MAX_DATA_ROWS, XlsxOptions, XlsxSerializer
 
-__all__ = ["BOM", "FORMATS", "CsvOptions", "CsvSerializer", "ExportFormat", "FormatDefaults", "NdjsonOptions",
-           "NdjsonSerializer", "Options", "Serializer", "create_serializer", "csv_options", "format_options",
-           "media_type", "reject_csv_options", "split_filename"]
+__all__ = [
+    "BOM",
+    "FORMATS",
+    "MAX_ROWS",
+    "CsvOptions",
+    "CsvSerializer",
+    "ExportFormat",
+    "FormatDefaults",
+    "NdjsonOptions",
+    "NdjsonSerializer",
+    "Options",
+    "Serializer",
+    "create_serializer",
+    "csv_options",
+    "format_options",
+    "media_type",
+    "reject_csv_options",
+    "split_filename",
+]
 
 
 class Serializer(Protocol):
@@ -32,7 +49,7 @@ class Serializer(Protocol):
     def footer(self) -> bytes: ...
 
 
-Options = CsvOptions | NdjsonOptions | ParquetOptions | ArrowOptions
+Options = CsvOptions | NdjsonOptions | ParquetOptions | ArrowOptions | XlsxOptions
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,11 @@ def _arrow_options(params: Mapping[str, str], defaults: FormatDefaults) -> Arrow
     return ArrowOptions()
 
 
+def _xlsx_options(params: Mapping[str, str], defaults: FormatDefaults) -> XlsxOptions:
+    reject_csv_options(params)
+    return XlsxOptions()
+
+
 SERIALIZATIONS: dict[str, Serialization] = {
     "csv": Serialization(CsvSerializer.media_type, lambda params, d: csv_options(params, formula_guard=d.formula_guard),
                          CsvSerializer),
@@ -73,7 +95,11 @@ SERIALIZATIONS: dict[str, Serialization] = {
     "parquet": Serialization(ParquetSerializer.media_type, _parquet_options, ParquetSerializer),
     "arrow": Serialization(ArrowStreamSerializer.media_type, _arrow_options,
                            lambda cols, dialect, _: ArrowStreamSerializer(cols, dialect)),
+    "xlsx": Serialization(XlsxSerializer.media_type, _xlsx_options,
+                          lambda cols, dialect, _: XlsxSerializer(cols, dialect)),
 }
+# The most data rows an export in the serialization may have; more is refused before the first byte.
+MAX_ROWS: dict[str, int] = {"xlsx": MAX_DATA_ROWS}
 TEXT_SERIALIZATIONS = ("csv", "ndjson")  # those that take a Content-Encoding or a compressed file name
 
 

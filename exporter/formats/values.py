@@ -86,7 +86,7 @@ def _bool_text(value: Any) -> str:
     return "true" if value else "false"
 
 
-def _any_text(value: Any) -> str:
+def any_text(value: Any) -> str:
     if isinstance(value, bool):
         return _bool_text(value)
     if isinstance(value, float):
@@ -119,7 +119,7 @@ _TEXT: dict[str, Convert | None] = {
     "uuid": str,
     "json": _json_text,
     "bytes": _bytes_text,
-    "other": _any_text,
+    "other": any_text,
 }
 
 
@@ -148,7 +148,7 @@ def _any_json(value: Any) -> Any:
         return _float_json(value)
     if isinstance(value, Decimal):
         return _decimal_json(value)
-    return _any_text(value)
+    return any_text(value)
 
 
 # kind → a value orjson writes as wanted; None where the database's value already is one.

@@ -83,7 +83,8 @@ def test_terminated_backend_mid_export_makes_curl_exit_with_an_incomplete_transf
     assert after.text == "id,digest\n1,c4ca4238a0b923820dcc509a6f75849b\n"
 
 
-@pytest.mark.parametrize(("filename", "starts_with"), [("slow.parquet", b"PAR1"), ("slow.arrow", b"\xff\xff\xff\xff")])
+@pytest.mark.parametrize(("filename", "starts_with"), [("slow.parquet", b"PAR1"), ("slow.arrow", b"\xff\xff\xff\xff"),
+                                                       ("slow.xlsx", b"PK\x03\x04")])
 def test_terminated_backend_mid_export_of_a_typed_format_makes_curl_exit_with_an_incomplete_transfer(
     pg: Database, serve: Serve, tmp_path: Path, filename: str, starts_with: bytes
 ) -> None:
