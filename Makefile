@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
 	$(BIN)/python -m tests.bench_files
 	$(BIN)/python -m tests.bench_proxy
+	$(BIN)/python -m tests.bench_formats
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
