@@ -298,7 +298,8 @@ def test_after_resumes_exactly_where_a_broken_download_stopped(db: Database, ser
     ("path", "status", "code", "parameter"),
     [
         ("/exports/nothing.csv", 404, "unknown_dataset", "name"),
-        ("/exports/orders.xlsx", 404, "unknown_format", "format"),
+        ("/exports/orders.xls", 404, "unknown_format", "format"),
+        ("/exports/orders.parquet.gz", 404, "unknown_format", "format"),
         ("/exports/orders", 404, "unknown_format", "format"),
         ("/exports/orders.csv?columns=id,nope", 400, "unknown_column", "columns"),
         ("/exports/orders.csv?nope=1", 400, "unknown_column", "nope"),
@@ -319,6 +320,9 @@ def test_after_resumes_exactly_where_a_broken_download_stopped(db: Database, ser
         ("/exports/orders.csv?header=yes", 400, "invalid_parameter", "header"),
         ("/exports/orders.csv?bom=1", 400, "invalid_parameter", "bom"),
         ("/exports/orders.ndjson?delimiter=%3B", 400, "invalid_parameter", "delimiter"),
+        ("/exports/orders.parquet?bom=true", 400, "invalid_parameter", "bom"),
+        ("/exports/orders.xlsx?formula_guard=true", 400, "invalid_parameter", "formula_guard"),
+        ("/exports/orders.csv?formula_guard=1", 400, "invalid_parameter", "formula_guard"),
     ],
 )
 def test_bad_input_gets_a_json_error_naming_the_parameter_before_any_body(
