@@ -74,6 +74,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
     copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
+    arrow_fast_path: bool = True  # PostgreSQL Parquet and Arrow exports read through ADBC into Arrow
     parquet_row_group_rows: int = DEFAULT_PARQUET_ROW_GROUP_ROWS
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -87,7 +88,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", "parquet_row_group_rows"}
+                 "upstreams", "parquet_row_group_rows", "arrow_fast_path"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -99,6 +100,7 @@ class Settings:
             database_url=str(data.get("database_url", DEFAULT_DATABASE_URL)),
             batch_rows=_whole("batch_rows", data.get("batch_rows", cls.batch_rows), 1),
             copy_fast_path=_flag("copy_fast_path", data.get("copy_fast_path", True)),
+            arrow_fast_path=_flag("arrow_fast_path", data.get("arrow_fast_path", True)),
             datasets=datasets,
             sources=sources,
             file_roots=_file_roots(data.get("files", {})),
@@ -117,7 +119,8 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", "parquet_row_group_rows"):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", "parquet_row_group_rows",
+                    "arrow_fast_path"):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import pyarrow as pa
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,7 +19,10 @@ from exporter.config import Settings
 from exporter.datasets import Dataset
 from exporter.errors import TooManyRowsForXlsx
 from exporter.formats import BOM, MAX_ROWS, CsvOptions, FormatDefaults, Options, Serializer, create_serializer
+from exporter.formats.arrow import ArrowStreamSerializer
+from exporter.formats.parquet import ParquetSerializer
 from exporter.models import ExportLogEntry
+from exporter.pgarrow import iter_arrow
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
 from exporter.queries import ExportQuery
 from exporter.rows import count_rows, iter_rows
@@ -71,9 +75,14 @@ def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings
         statement = copy_statement(query, fmt, formula_guard=csv is not None and csv.formula_guard)
         chunks = iter_copy(dataset.engine, statement, copy_options(fmt, csv), record.set_rows)
         return _iter_prefixed(BOM, chunks) if csv is not None and csv.bom else chunks
+    serializer = create_serializer(query.columns, dialect, options)
+    if settings.arrow_fast_path and dialect == "postgresql" and isinstance(
+            serializer, ParquetSerializer | ArrowStreamSerializer):
+        record.path = "adbc"
+        return _iter_encoded_arrow(iter_arrow(dataset.engine, query, serializer.schema), serializer, record)
     record.path = "generic"
     batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
-    chunks = iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
+    chunks = iter_encoded(batches, serializer, record)
     if fmt in MAX_ROWS:
         return _iter_within_row_limit(dataset, query, MAX_ROWS[fmt], chunks)
     return chunks
@@ -93,6 +102,21 @@ async def _iter_within_row_limit(dataset: Dataset, query: ExportQuery, max_rows:
             yield chunk
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _iter_encoded_arrow(batches: AsyncIterator[pa.RecordBatch],
+                              serializer: ParquetSerializer | ArrowStreamSerializer, record: ExportRecord
+                              ) -> AsyncIterator[bytes]:
+    """As iter_encoded, for record batches."""
+    pending = serializer.header()
+    try:
+        async for batch in batches:
+            record.rows += batch.num_rows
+            yield pending + serializer.encode_arrow(batch)
+            pending = b""
+        yield pending + serializer.footer()
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
 
 
 async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -159,13 +159,21 @@ class ArrowStreamSerializer:
         self._sink = ChunkSink()
         self._writer = pa.ipc.new_stream(pa.PythonFile(self._sink, mode="w"), self._batches.schema)
 
+    @property
+    def schema(self) -> pa.Schema:
+        return self._batches.schema
+
     def header(self) -> bytes:
         return self._sink.take()
 
     def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
         if not batch:
             return b""
-        self._writer.write_batch(self._batches.record_batch(batch))
+        return self.encode_arrow(self._batches.record_batch(batch))
+
+    def encode_arrow(self, batch: pa.RecordBatch) -> bytes:
+        """A record batch of `schema` (from the ADBC path) instead of rows."""
+        self._writer.write_batch(batch)
         return self._sink.take()
 
     def footer(self) -> bytes:

@@ -37,14 +37,22 @@ class ParquetSerializer:
         self._writer = pq.ParquetWriter(pa.PythonFile(self._sink, mode="w"), self._batches.schema,
                                         compression="zstd")
 
+    @property
+    def schema(self) -> pa.Schema:
+        return self._batches.schema
+
     def header(self) -> bytes:
         return self._sink.take()  # the magic bytes `PAR1`
 
     def encode(self, batch: Sequence[Sequence[Any]]) -> bytes:
         if not batch:
             return b""
-        self._pending.append(self._batches.record_batch(batch))
-        self._pending_rows += len(batch)
+        return self.encode_arrow(self._batches.record_batch(batch))
+
+    def encode_arrow(self, batch: pa.RecordBatch) -> bytes:
+        """A record batch of `schema` (from the ADBC path) instead of rows."""
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
         while self._pending_rows >= self._row_group_rows:
             table = pa.Table.from_batches(self._pending, self._batches.schema)
             self._writer.write_table(table.slice(0, self._row_group_rows), row_group_size=self._row_group_rows)
