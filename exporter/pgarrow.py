@@ -136,10 +136,10 @@ class _Reader:
 async def iter_arrow(engine: AsyncEngine, query: ExportQuery, schema: pa.Schema) -> AsyncIterator[pa.RecordBatch]:
     """Yield the export's rows as record batches of `schema`, in ADBC's batches of about BATCH_BYTES.
 
-    ADBC is synchronous: it runs in a worker thread of this export's own, one call at a time, so a slow client
-    holds the next read back. Closing this iterator, even while connecting or waiting for the first rows, cancels
-    the query on the server, waits for the thread and closes the connection. Errors are ExportErrors (a 503
-    before the first byte)."""
+    ADBC is synchronous: it runs in a worker thread of this export's own, one call at a time and one batch
+    ahead, so a slow client holds the next read back. Closing this iterator, even while connecting or waiting
+    for the first rows, cancels the query on the server, waits for the thread and closes the connection.
+    Errors are ExportErrors (a 503 before the first byte)."""
     compiled = arrow_statement(query).compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     args = [compiled.params[name] for name in compiled.positiontup or ()]
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adbc")
@@ -148,7 +148,11 @@ async def iter_arrow(engine: AsyncEngine, query: ExportQuery, schema: pa.Schema)
         with _adbc_errors():
             reader = await asyncio.wrap_future(connecting)
             await asyncio.wrap_future(executor.submit(reader.start, compiled.string, args))
-            while (batch := await asyncio.wrap_future(executor.submit(reader.next_batch))) is not None:
+            # Read one batch ahead: ADBC (in its thread, without the GIL) fetches the next batch while this one
+            # is converted, encoded and sent, so the two use both cores instead of taking turns.
+            reading = executor.submit(reader.next_batch)
+            while (batch := await asyncio.wrap_future(reading)) is not None:
+                reading = executor.submit(reader.next_batch)
                 arrays = [_converted(array, field.type) for array, field in zip(batch.columns, schema, strict=True)]
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
     finally:
