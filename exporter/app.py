@@ -1,8 +1,10 @@
-"""create_app(settings): the lifespan owns the engines and the upstream clients; routers mounted; one JSON error
-shape."""
+"""create_app(settings): the lifespan owns the engines, the upstream clients and the job workers; routers mounted;
+one JSON error shape."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,38 +12,69 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import __version__
+from exporter.audit import record_refusal
+from exporter.auth import RefuseTokensInUrls, load_link_secret
 from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
+from exporter.limits import Limits
 from exporter.relay import create_upstreams
-from exporter.routes import datasets, exports, files, health, proxy
+from exporter.routes import datasets, exports, files, health, jobs, proxy
+from exporter.workers import run_jobs
+
+
+@asynccontextmanager
+async def open_sources(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, Catalog]]:
+    """The service's own engine and the catalog of datasets over every source; disposed on exit."""
+    engine = create_db_engine(settings.database_url)
+    sources: dict[str | None, AsyncEngine] = {None: engine}
+    sources.update({name: create_db_engine(url) for name, url in settings.sources.items()})
+    try:
+        yield engine, Catalog(settings.datasets, sources)
+    finally:
+        for source in sources.values():
+            await source.dispose()
+
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_db_engine(settings.database_url)
-        sources: dict[str | None, AsyncEngine] = {None: engine}
-        sources.update({name: create_db_engine(url) for name, url in settings.sources.items()})
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.sources = sources
-        app.state.catalog = Catalog(settings.datasets, sources)
         upstreams = create_upstreams(settings.upstreams)
-        app.state.upstreams = upstreams
         try:
-            yield
+            async with open_sources(settings) as (engine, catalog), run_jobs(settings, catalog, engine) as runner:
+                app.state.settings = settings
+                app.state.engine = engine
+                app.state.sources = catalog.engines
+                app.state.catalog = catalog
+                app.state.upstreams = upstreams
+                app.state.jobs = runner.jobs
+                app.state.runner = runner
+                app.state.keys = runner.keys
+                limits = Limits(runner.keys, runner.jobs, settings.key_max_concurrent)
+                app.state.limits = limits
+                if settings.auth == "off":
+                    log.warning("EXPORTER_AUTH=off: every caller may read every dataset, file and upstream")
+                else:
+                    runner.jobs.link_secret = await load_link_secret(runner.keys.engine)
+                    if not await runner.keys.count():
+                        log.warning("no API key exists, so every request is refused (401). Create one with: "
+                                    "exporter keys create NAME --grant 'dataset:*'")
+                watcher = asyncio.create_task(limits.watch())
+                try:
+                    yield
+                finally:
+                    watcher.cancel()
         finally:
-            try:
-                for upstream in upstreams.values():
-                    await upstream.aclose()
-            finally:
-                for source in sources.values():
-                    await source.dispose()
+            for upstream in upstreams.values():
+                await upstream.aclose()
 
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
-    install_error_handlers(app)
-    for module in (datasets, exports, files, proxy, health):
+    app.add_middleware(RefuseTokensInUrls)
+    install_error_handlers(app, record_refusal)
+    for module in (datasets, exports, jobs, files, proxy, health):
         app.include_router(module.router)
     return app

@@ -27,6 +27,12 @@ HOP_BY_HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", 
 # Hop-by-hop, or set by the client library for each request: an upstream can neither add nor forward them.
 UNFORWARDABLE_HEADERS = HOP_BY_HOP_HEADERS | {"host", "content-length"}
 DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-since", "accept")
+# Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
+JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
+                "job_progress_seconds", "sse_ping_seconds")
+AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent")
+# Export formats; each also reads EXPORTER_<NAME> from the environment.
+FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,16 @@ class Settings:
     file_roots: Mapping[str, FileRootConfig] = field(default_factory=dict)
     file_chunk_bytes: int = DEFAULT_FILE_CHUNK_BYTES  # every file chunk but a range's last has this size
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    jobs_dir: Path = Path("var/jobs")  # finished job results; shared by every replica that serves them
+    job_workers: int = 2  # per `exporter serve` or `exporter worker` process
+    job_lease_seconds: float = 30.0  # a job whose worker stops renewing this long is run again
+    job_ttl_hours: float = 24.0  # a result file is deleted this long after its job finished
+    job_max_queued: int = 100
+    job_progress_seconds: float = 0.5  # the least time between two progress events of a job
+    sse_ping_seconds: float = 15.0  # a `: ping` comment on event streams this often
+    auth: str = "required"  # or "off": every request is anonymous and may do anything
+    link_ttl_seconds: float = 900.0  # signed result links work this long
+    key_max_concurrent: int = 4  # downloads and jobs at once per key, unless the key says otherwise
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -88,7 +104,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", "parquet_row_group_rows", "arrow_fast_path"}
+                 "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -109,6 +125,18 @@ class Settings:
             upstreams=_upstreams(data.get("upstreams", {}), environ),
             parquet_row_group_rows=_whole("parquet_row_group_rows",
                                           data.get("parquet_row_group_rows", cls.parquet_row_group_rows), 1),
+            jobs_dir=Path(str(data.get("jobs_dir", cls.jobs_dir))),
+            job_workers=_whole("job_workers", data.get("job_workers", cls.job_workers), 0),
+            job_lease_seconds=_seconds("job_lease_seconds", data.get("job_lease_seconds", cls.job_lease_seconds)),
+            job_ttl_hours=_seconds("job_ttl_hours", data.get("job_ttl_hours", cls.job_ttl_hours)),
+            job_max_queued=_whole("job_max_queued", data.get("job_max_queued", cls.job_max_queued), 1),
+            job_progress_seconds=_seconds("job_progress_seconds",
+                                          data.get("job_progress_seconds", cls.job_progress_seconds)),
+            sse_ping_seconds=_seconds("sse_ping_seconds", data.get("sse_ping_seconds", cls.sse_ping_seconds)),
+            auth=_choice("auth", data.get("auth", cls.auth), ("required", "off")),
+            link_ttl_seconds=_seconds("link_ttl_seconds", data.get("link_ttl_seconds", cls.link_ttl_seconds)),
+            key_max_concurrent=_whole("key_max_concurrent", data.get("key_max_concurrent", cls.key_max_concurrent),
+                                      1),
         )
 
     @classmethod
@@ -119,8 +147,8 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", "parquet_row_group_rows",
-                    "arrow_fast_path"):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *FORMAT_SETTINGS,
+                    *JOB_SETTINGS, *AUTH_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
@@ -137,6 +165,12 @@ def _whole(name: str, value: Any, least: int, most: int | None = None) -> int:
     if most is not None and number > most:
         raise ConfigError(f"{name} must be at most {most}")
     return number
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if str(value) not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _flag(name: str, value: Any) -> bool:

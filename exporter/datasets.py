@@ -60,14 +60,18 @@ class Dataset:
     def key(self) -> Column:
         return self.columns[self.config.key]
 
-    def describe(self, formats: Sequence[str]) -> dict[str, Any]:
-        """Discovery JSON; `formats` are the format names an export of it may end in."""
+    def describe(self, formats: Sequence[str], visible: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Discovery JSON; `formats` are the format names an export of it may end in; with `visible` (a key's
+        column restriction) only those columns, in that order."""
+        columns = list(self.columns.values()) if visible is None else [
+            self.columns[name] for name in visible if name in self.columns]
+        shown = {c.name for c in columns}
         return {
             "name": self.name,
             "description": self.config.description,
             "key": self.config.key,
-            "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in self.columns.values()],
-            "filterable": list(self.config.filterable),
+            "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in columns],
+            "filterable": [name for name in self.config.filterable if name in shown],
             "formats": list(formats),
         }
 
@@ -83,6 +87,11 @@ class Catalog:
     @property
     def names(self) -> list[str]:
         return sorted(self._configs)
+
+    @property
+    def engines(self) -> Mapping[str | None, AsyncEngine]:
+        """The source databases by name; None is the service's own."""
+        return self._engines
 
     async def get(self, name: str) -> Dataset:
         if name in self._cache:

@@ -18,8 +18,9 @@ from exporter.errors import DatabaseUnavailable, DatasetUnavailable
 APPLICATION_NAME = "exporter"
 
 
-def create_db_engine(url: str) -> AsyncEngine:
-    """An async engine; the caller disposes it. SQLite files get their folder, WAL and a busy timeout."""
+def create_db_engine(url: str, application_name: str = APPLICATION_NAME) -> AsyncEngine:
+    """An async engine; the caller disposes it. SQLite files get their folder, WAL and a busy timeout.
+    `application_name` names its PostgreSQL sessions in pg_stat_activity."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -35,7 +36,7 @@ def create_db_engine(url: str) -> AsyncEngine:
         pool_pre_ping=True,
         connect_args={
             "server_settings": {
-                "application_name": APPLICATION_NAME,
+                "application_name": application_name,
                 # Fixed output formats, so PostgreSQL's own text (COPY, ::text, row_to_json) is predictable.
                 "TimeZone": "UTC",
                 "DateStyle": "ISO, YMD",

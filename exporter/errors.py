@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
@@ -137,6 +137,95 @@ class TooManyRelays(ExportError):
     status = 429
 
 
+class UnknownJob(ExportError):
+    status = 404
+
+
+class JobNotFinished(ExportError):
+    """The job's result is not there yet; Retry-After says when to ask again."""
+
+    status = 409
+
+
+class JobFailed(ExportError):
+    status = 409
+
+
+class JobCancelled(ExportError):
+    status = 409
+
+
+class JobExpired(ExportError):
+    """The job's result was deleted (its time to live passed, or DELETE asked for it)."""
+
+    status = 410
+
+
+class IdempotencyConflict(ExportError):
+    """The Idempotency-Key was used before for another request."""
+
+    status = 409
+
+
+class TooManyJobs(ExportError):
+    """EXPORTER_JOB_MAX_QUEUED jobs are queued; the response carries Retry-After."""
+
+    status = 429
+
+
+class Unauthorized(ExportError):
+    """No usable credentials: 401 with WWW-Authenticate: Bearer (RFC 6750 §3)."""
+
+    status = 401
+
+    def __init__(self, message: str, *, parameter: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, parameter=parameter,
+                         headers={"WWW-Authenticate": 'Bearer realm="exporter"', **(headers or {})})
+
+
+class MissingToken(Unauthorized):
+    pass
+
+
+class InvalidToken(Unauthorized):
+    """Malformed, mistyped, unknown, or with the wrong secret: all answer alike."""
+
+
+class ExpiredToken(Unauthorized):
+    pass
+
+
+class RevokedToken(Unauthorized):
+    pass
+
+
+class Forbidden(ExportError):
+    """A valid key asked for something outside its grants or restrictions."""
+
+    status = 403
+
+
+class LinkExpired(ExportError):
+    status = 403
+
+
+class TokenInUrl(ExportError):
+    """A token in the query string would end up in logs; it is refused before anything else."""
+
+
+class TooManyRequests(ExportError):
+    """The key has --max-concurrent downloads and jobs running; the response carries Retry-After."""
+
+    status = 429
+
+
+class RowLimitExceeded(ExportError):
+    """The export would pass the key's --max-rows for the dataset: the transfer is aborted, never ended cleanly."""
+
+    status = 403
+
+
 class ConfigError(Exception):
     """The configuration file or environment is invalid; raised at startup."""
 
@@ -153,11 +242,15 @@ def error_response(exc: ExportError) -> JSONResponse:
                         headers=exc.headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error response, ours or the framework's, has the same JSON shape."""
+def install_error_handlers(app: FastAPI,
+                           on_refused: Callable[[Request, ExportError], Awaitable[None]] | None = None) -> None:
+    """Every error response, ours or the framework's, has the same JSON shape. `on_refused` sees each of ours
+    first (the audit log records refusals)."""
 
     async def on_export_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ExportError)
+        if on_refused is not None:
+            await on_refused(request, exc)
         return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,33 +16,94 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.compression import COMPRESSORS
 from exporter.config import Settings
-from exporter.datasets import Dataset
-from exporter.errors import TooManyRowsForXlsx
-from exporter.formats import BOM, MAX_ROWS, CsvOptions, FormatDefaults, Options, Serializer, create_serializer
+from exporter.datasets import Catalog, Dataset
+from exporter.errors import RowLimitExceeded, TooManyRowsForXlsx
+from exporter.formats import (
+    BOM,
+    FORMATS,
+    MAX_ROWS,
+    CsvOptions,
+    ExportFormat,
+    FormatDefaults,
+    Options,
+    Serializer,
+    create_serializer,
+    format_options,
+    split_filename,
+)
 from exporter.formats.arrow import ArrowStreamSerializer
 from exporter.formats.parquet import ParquetSerializer
+from exporter.keys import NO_RESTRICTION, Restriction
 from exporter.models import ExportLogEntry
 from exporter.pgarrow import iter_arrow
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
-from exporter.queries import ExportQuery
+from exporter.queries import ExportQuery, build_query
 from exporter.rows import count_rows, iter_rows
 
 log = logging.getLogger(__name__)
 
 
+EXPORT_FORMATS = tuple(FORMATS)  # what an export's name may end in, and a job's `format`
+
+
+def export_media_type(fmt: str) -> str:
+    """The Content-Type of an export file in format `fmt` (`csv.gz` is a gzip file, not gzip-encoded CSV)."""
+    return FORMATS[fmt].media_type
+
+
+@dataclass(frozen=True)
+class Export:
+    """A validated export request: what `GET /exports/{filename}?{params}` and a job both produce."""
+
+    dataset: Dataset
+    query: ExportQuery
+    options: Options
+    export_format: ExportFormat
+    max_rows: int | None = None  # the key's limit: an export that passes it is aborted
+
+    @property
+    def format(self) -> str:
+        """The format's name: csv, ndjson, csv.gz, ..., parquet, arrow, xlsx (a key of FORMATS)."""
+        return self.export_format.name
+
+    @property
+    def compression(self) -> str | None:
+        """The whole file's compression (`.gz`, `.zst` names), not a negotiated Content-Encoding."""
+        return self.export_format.compression
+
+    @property
+    def filename(self) -> str:
+        return f"{self.dataset.name}.{self.format}"
+
+
+async def prepare_export(catalog: Catalog, filename: str, params: list[tuple[str, str]],
+                         restriction: Restriction = NO_RESTRICTION, settings: Settings | None = None) -> Export:
+    """Validate the name and every parameter, within a key's restriction on the dataset; raises the ExportError
+    that names what is wrong. `settings` give the format defaults (the Parquet row group size)."""
+    name, fmt = split_filename(filename)
+    dataset = await catalog.get(name)
+    query = build_query(dataset, params, dataset.engine.dialect.name, restriction)
+    options = format_options(fmt, dict(params), format_defaults(dataset, settings or Settings()))
+    return Export(dataset, query, options, FORMATS[fmt], restriction.max_rows)
+
+
 @dataclass
 class ExportRecord:
-    """What the export log keeps of one export; counters grow while it streams."""
+    """What the export log keeps of one download (an export, a file, a relay, a job's result); counters grow
+    while it streams. `dataset` holds the dataset's, file root's or upstream's name."""
 
     dataset: str
     format: str
     parameters: dict[str, list[str]]
     client_address: str | None
+    kind: str = "export"
+    key_name: str | None = None
+    resource: str | None = None  # a file's or relayed path; a job's id
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.monotonic)
     rows: int = 0
     bytes: int = 0
-    path: str = "generic"
+    path: str | None = "generic"  # copy | adbc | generic, for exports
 
     def set_rows(self, rows: int) -> None:
         self.rows = rows
@@ -133,13 +194,43 @@ def format_defaults(dataset: Dataset, settings: Settings) -> FormatDefaults:
                           parquet_row_group_rows=settings.parquet_row_group_rows)
 
 
-async def iter_export(chunks: AsyncIterator[bytes], *, compression: str | None, record: ExportRecord,
-                      log_engine: AsyncEngine) -> AsyncIterator[bytes]:
-    """The export's body, compressed with `compression` ("gzip", "zstd" or None). However it ends (completed,
-    closed because the client left, or failed), the rows are released and one export log row is written before
-    this iterator finishes closing."""
+def iter_export(chunks: AsyncIterator[bytes], *, compression: str | None, record: ExportRecord,
+                log_engine: AsyncEngine, max_rows: int | None = None) -> AsyncIterator[bytes]:
+    """The export's body: compressed with `compression` ("gzip", "zstd" or None), aborted with RowLimitExceeded
+    once it passes `max_rows`, and recorded (see iter_recorded)."""
+    if max_rows is not None:
+        chunks = _iter_row_limited(chunks, record, max_rows)
     if compression is not None:
         chunks = COMPRESSORS[compression](chunks)
+    return iter_recorded(chunks, record, log_engine)
+
+
+async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, max_rows: int
+                            ) -> AsyncIterator[bytes]:
+    """Raise RowLimitExceeded instead of a chunk that takes the export past `max_rows` (the query asks for one row
+    more, so the database stops there too). COPY counts line ends until it ends, and a value may hold line
+    breaks, so there only its final count decides."""
+    def passed() -> bool:
+        return record.rows > max_rows
+
+    try:
+        async for chunk in chunks:
+            if record.path != "copy" and passed():
+                break
+            yield chunk
+        if passed():
+            log.warning("export of %s stopped: the key %s may read at most %d rows", record.dataset,
+                        record.key_name, max_rows)
+            raise RowLimitExceeded(f"this export has more than {max_rows} rows, the most this key may read; "
+                                   "narrow it with filters or limit=")
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine
+                        ) -> AsyncIterator[bytes]:
+    """`chunks`, counted. However it ends (completed, closed because the client left, or failed), `chunks` is
+    closed and one export log row is written before this iterator finishes closing."""
     outcome, error = "failed", None
     try:
         async for chunk in chunks:
@@ -152,12 +243,20 @@ async def iter_export(chunks: AsyncIterator[bytes], *, compression: str | None, 
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if record.bytes:
-            log.error("export of %s aborted after %d bytes: %s", record.dataset, record.bytes, error)
+            log.error("%s of %s aborted after %d bytes: %s", record.kind, record.dataset, record.bytes, error)
         raise
     finally:
         with anyio.CancelScope(shield=True):
             await chunks.aclose()  # type: ignore[attr-defined]
             await write_log(log_engine, record, outcome, error)
+
+
+def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Query parameters as the export log keeps them: each name with its values."""
+    found: dict[str, list[str]] = {}
+    for name, value in params:
+        found.setdefault(name, []).append(value)
+    return found
 
 
 async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, error: str | None) -> None:
@@ -177,6 +276,9 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
                     duration_seconds=time.monotonic() - record.started,
                     client_address=record.client_address,
                     error=error,
+                    kind=record.kind,
+                    key_name=record.key_name,
+                    resource=record.resource,
                 )
             )
     except Exception:

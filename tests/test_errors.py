@@ -30,6 +30,23 @@ CODES: dict[type[ExportError], str] = {
     errors.UpstreamTimeout: "upstream_timeout",
     errors.UpstreamRedirect: "upstream_redirect",
     errors.TooManyRelays: "too_many_relays",
+    errors.UnknownJob: "unknown_job",
+    errors.JobNotFinished: "job_not_finished",
+    errors.JobFailed: "job_failed",
+    errors.JobCancelled: "job_cancelled",
+    errors.JobExpired: "job_expired",
+    errors.IdempotencyConflict: "idempotency_conflict",
+    errors.TooManyJobs: "too_many_jobs",
+    errors.Unauthorized: "unauthorized",
+    errors.MissingToken: "missing_token",
+    errors.InvalidToken: "invalid_token",
+    errors.ExpiredToken: "expired_token",
+    errors.RevokedToken: "revoked_token",
+    errors.Forbidden: "forbidden",
+    errors.LinkExpired: "link_expired",
+    errors.TokenInUrl: "token_in_url",
+    errors.TooManyRequests: "too_many_requests",
+    errors.RowLimitExceeded: "row_limit_exceeded",
 }
 
 

@@ -181,8 +181,8 @@ class XlsxSerializer:
 
     def header(self) -> bytes:
         for name, content in _fixed_parts().items():
-            self._zip.writestr(name, content)
-        self._sheet = self._zip.open("xl/worksheets/sheet1.xml", "w", force_zip64=True)
+            self._zip.writestr(_entry(name), content)
+        self._sheet = self._zip.open(_entry("xl/worksheets/sheet1.xml"), "w", force_zip64=True)
         head = "".join(f'<c r="{letter}1" s="{STYLE_HEADER}" t="inlineStr"><is><t>{_escape(name)}</t></is></c>'
                        for letter, name in zip(self._letters, self._names, strict=True))
         self._sheet.write((
@@ -221,6 +221,14 @@ class XlsxSerializer:
         self._sheet.close()
         self._zip.close()
         return self._sink.take()
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed date, so the same rows give the same bytes (a job's result and the download)."""
+    entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    entry._compresslevel = ZIP_LEVEL  # type: ignore[attr-defined]  # ZipFile.open(entry) reads it (3.11; 3.13: compress_level)
+    return entry
 
 
 def _fixed_parts() -> dict[str, str]:

@@ -1,45 +1,43 @@
-"""GET and HEAD /exports/{name}.{format}: the formats of exporter.formats.FORMATS."""
+"""GET and HEAD /exports/{name}.{format} (the formats of exporter.formats.FORMATS); with `Prefer: respond-async`,
+the same export as a job."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from exporter.auth import CallerDep, require
 from exporter.compression import choose_encoding
-from exporter.deps import CatalogDep, EngineDep, SettingsDep
-from exporter.exports import ExportRecord, format_defaults, iter_export, open_chunks
-from exporter.formats import FORMATS, format_options, split_filename
-from exporter.queries import build_query
+from exporter.deps import CatalogDep, EngineDep, LimitsDep, SettingsDep
+from exporter.exports import ExportRecord, grouped, iter_export, open_chunks, prepare_export
+from exporter.formats import split_filename
 from exporter.responses import download_headers, head_response, stream_response
+from exporter.routes.jobs import prefers_async, submit_job
 
 router = APIRouter(tags=["exports"])
 
 
 @router.api_route("/exports/{filename}", methods=["GET", "HEAD"], response_class=Response)
 async def export(filename: str, request: Request, catalog: CatalogDep, engine: EngineDep,
-                 settings: SettingsDep) -> Response:
-    name, fmt = split_filename(filename)
-    dataset = await catalog.get(name)
+                 settings: SettingsDep, caller: CallerDep, limits: LimitsDep) -> Response:
+    name = split_filename(filename)[0]
+    require(caller, "dataset", name)
     params = request.query_params.multi_items()
-    query = build_query(dataset, params, dataset.engine.dialect.name)
-    options = format_options(fmt, dict(params), format_defaults(dataset, settings))
-    export_format = FORMATS[fmt]
-    compression = export_format.compression
+    export = await prepare_export(catalog, filename, params, caller.restriction(name), settings)
+    if request.method == "GET" and prefers_async(request.headers.get("prefer")):
+        return await submit_job(request, caller, export, params)
+    compression = export.compression
     extra: dict[str, str] = {}
-    if export_format.negotiates_encoding:
+    if export.export_format.negotiates_encoding:
         compression = choose_encoding(request.headers.get("accept-encoding", ""))
         extra = {"Vary": "Accept-Encoding", **({"Content-Encoding": compression} if compression else {})}
-    headers = download_headers(filename, export_format.media_type, extra)
+    headers = download_headers(filename, export.export_format.media_type, extra)
     if request.method == "HEAD":
         return head_response(headers)
 
-    record = ExportRecord(dataset.name, fmt, _grouped(params), request.client.host if request.client else None)
-    chunks = open_chunks(dataset, query, options, settings, record)
-    body = iter_export(chunks, compression=compression, record=record, log_engine=engine)
-    return stream_response(body, headers)
-
-
-def _grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for name, value in params:
-        grouped.setdefault(name, []).append(value)
-    return grouped
+    record = ExportRecord(export.dataset.name, export.format, grouped(params),
+                          request.client.host if request.client else None, key_name=caller.name)
+    hold = await limits.admit(caller)
+    chunks = open_chunks(export.dataset, export.query, export.options, settings, record)
+    body = iter_export(chunks, compression=compression, record=record, log_engine=engine,
+                       max_rows=export.max_rows)
+    return stream_response(body, headers, hold=hold)
