@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ROWS ?= 100000
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ run: $(VENV)/.installed
 	$(BIN)/exporter seed-demo --if-missing --rows $(DEMO_ROWS)
 	EXPORTER_AUTH=$${EXPORTER_AUTH:-off} $(BIN)/exporter serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed
+# The XLSX tests convert files with LibreOffice headless. Installed here when missing (as root on Debian, as CI
+# runs); without it those tests fail, never skip.
+system-deps:
+	@command -v soffice >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		libreoffice-calc >/dev/null; } || echo "make: could not install libreoffice-calc; the XLSX tests will fail"
+
+test: $(VENV)/.installed system-deps
 	$(BIN)/ruff check exporter tests migrations
 	$(BIN)/mypy exporter
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -30,6 +37,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
 	$(BIN)/python -m tests.bench_files
 	$(BIN)/python -m tests.bench_proxy
+	$(BIN)/python -m tests.bench_formats
 	$(BIN)/python -m tests.bench_auth
 	$(BIN)/python -m tests.bench_jobs
 

@@ -18,6 +18,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see README "Files"
 MAX_FILE_CHUNK_BYTES = 64 * 1024 * 1024
+DEFAULT_PARQUET_ROW_GROUP_ROWS = 131_072  # memory holds about one row group of a Parquet export
 ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # file roots and upstreams: safe in a URL path as they are
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
 # Meaningful for one connection only, never relayed (RFC 9110 §7.6.1).
@@ -30,6 +31,8 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
 AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format", "drain_seconds")
+# Export formats; each also reads EXPORTER_<NAME> from the environment.
+FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class DatasetConfig:
     sql: str | None = None
     filterable: tuple[str, ...] = ()
     source: str | None = None
+    formula_guard: bool = False  # the CSV formula guard by default (formula_guard=false turns it off)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
     copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
+    arrow_fast_path: bool = True  # PostgreSQL Parquet and Arrow exports read through ADBC into Arrow
+    parquet_row_group_rows: int = DEFAULT_PARQUET_ROW_GROUP_ROWS
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     file_roots: Mapping[str, FileRootConfig] = field(default_factory=dict)
@@ -100,7 +106,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", *JOB_SETTINGS, *AUTH_SETTINGS}
+                 "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -112,12 +118,15 @@ class Settings:
             database_url=str(data.get("database_url", DEFAULT_DATABASE_URL)),
             batch_rows=_whole("batch_rows", data.get("batch_rows", cls.batch_rows), 1),
             copy_fast_path=_flag("copy_fast_path", data.get("copy_fast_path", True)),
+            arrow_fast_path=_flag("arrow_fast_path", data.get("arrow_fast_path", True)),
             datasets=datasets,
             sources=sources,
             file_roots=_file_roots(data.get("files", {})),
             file_chunk_bytes=_whole("file_chunk_bytes", data.get("file_chunk_bytes", cls.file_chunk_bytes), 1,
                                     MAX_FILE_CHUNK_BYTES),
             upstreams=_upstreams(data.get("upstreams", {}), environ),
+            parquet_row_group_rows=_whole("parquet_row_group_rows",
+                                          data.get("parquet_row_group_rows", cls.parquet_row_group_rows), 1),
             jobs_dir=Path(str(data.get("jobs_dir", cls.jobs_dir))),
             job_workers=_whole("job_workers", data.get("job_workers", cls.job_workers), 0),
             job_lease_seconds=_seconds("job_lease_seconds", data.get("job_lease_seconds", cls.job_lease_seconds)),
@@ -142,7 +151,8 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *JOB_SETTINGS, *AUTH_SETTINGS):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *FORMAT_SETTINGS,
+                    *JOB_SETTINGS, *AUTH_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
@@ -189,7 +199,7 @@ def _source_url(name: str, table: Mapping[str, Any], environ: Mapping[str, str])
 
 
 def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) -> DatasetConfig:
-    unknown = set(table) - {"description", "table", "sql", "key", "filterable", "source"}
+    unknown = set(table) - {"description", "table", "sql", "key", "filterable", "source", "formula_guard"}
     if unknown:
         raise ConfigError(f"dataset {name}: unknown keys {', '.join(sorted(unknown))}")
     if ("table" in table) == ("sql" in table):
@@ -210,6 +220,7 @@ def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) ->
         sql=table.get("sql"),
         filterable=tuple(filterable),
         source=source,
+        formula_guard=_flag(f"dataset {name}: formula_guard", table.get("formula_guard", False)),
     )
 
 

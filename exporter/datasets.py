@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from exporter.config import DatasetConfig
 from exporter.db import database_errors
 from exporter.errors import DatasetUnavailable, UnknownDataset
 
-# What a value is, for parsing filters and for rendering; see serializers.py.
+# What a value is, for parsing filters and for rendering; see formats/values.py.
 KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",
          "interval", "uuid", "json", "bytes", "other")
 
@@ -40,6 +40,7 @@ class Column:
     kind: str
     nullable: bool
     scale: int | None = None  # numeric scale, needed where SQLite hands back floats
+    precision: int | None = None  # numeric precision, for the typed formats' decimal types
     # Selected as PostgreSQL's text output on both export paths: types whose driver values do not map
     # one to one onto that text (dates incl. infinity, intervals, real, arrays, timetz, other types).
     as_text: bool = False
@@ -59,8 +60,9 @@ class Dataset:
     def key(self) -> Column:
         return self.columns[self.config.key]
 
-    def describe(self, visible: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """Discovery JSON; with `visible` (a key's column restriction) only those columns, in that order."""
+    def describe(self, formats: Sequence[str], visible: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Discovery JSON; `formats` are the format names an export of it may end in; with `visible` (a key's
+        column restriction) only those columns, in that order."""
         columns = list(self.columns.values()) if visible is None else [
             self.columns[name] for name in visible if name in self.columns]
         shown = {c.name for c in columns}
@@ -70,7 +72,7 @@ class Dataset:
             "key": self.config.key,
             "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in columns],
             "filterable": [name for name in self.config.filterable if name in shown],
-            "formats": ["csv", "ndjson", "csv.gz", "ndjson.gz"],
+            "formats": list(formats),
         }
 
 
@@ -150,6 +152,7 @@ def _from_sqlalchemy(reflected: Any, dialect: Dialect) -> Column:
         kind=kind,
         nullable=bool(reflected["nullable"]),
         scale=getattr(sa_type, "scale", None),
+        precision=getattr(sa_type, "precision", None) if kind == "decimal" else None,
         as_text=as_text,
     )
 

@@ -63,6 +63,10 @@ class AfterRequiresKeyOrder(ExportError):
     pass
 
 
+class TooManyRowsForXlsx(ExportError):
+    """An XLSX export would have more rows than an Excel sheet holds; counted before the first byte."""
+
+
 class DatasetUnavailable(ExportError):
     """The dataset's source cannot be read: its table is missing or its query fails (an operator's problem)."""
 

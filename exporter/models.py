@@ -136,7 +136,7 @@ class ExportLogEntry(Base):
     format: Mapped[str] = mapped_column(Text)
     parameters: Mapped[dict[str, list[str]]] = mapped_column(JSON)
     outcome: Mapped[str] = mapped_column(Text)  # completed | aborted (by the client) | failed | denied | limited
-    path: Mapped[str | None] = mapped_column(Text)  # copy (PostgreSQL COPY) | generic (cursor + serializer)
+    path: Mapped[str | None] = mapped_column(Text)  # copy (PostgreSQL COPY) | adbc (ADBC into Arrow) | generic (cursor)
     rows: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
     duration_seconds: Mapped[float] = mapped_column(Float)

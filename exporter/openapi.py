@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from exporter.formats import FORMATS
+
 OPEN_PATHS = {"/healthz", "/readyz"}
 LINK_PATHS = {"/jobs/{job_id}/result"}
 ERROR = {
@@ -39,7 +41,7 @@ CODES = {
 }
 # (path, method) → the statuses it may answer beyond 400, 401, 403, 404 and 503, and its body's media types
 EXTRA: dict[tuple[str, str], tuple[tuple[int, ...], tuple[str, ...]]] = {
-    ("/exports/{filename}", "get"): ((202, 409, 429), ("text/csv", "application/x-ndjson", "application/gzip")),
+    ("/exports/{filename}", "get"): ((202, 409, 429), tuple(sorted({f.media_type for f in FORMATS.values()}))),
     ("/exports/{filename}", "head"): ((), ()),
     ("/jobs", "post"): ((200, 409, 429), ()),
     ("/jobs/{job_id}/events", "get"): ((204,), ("text/event-stream",)),

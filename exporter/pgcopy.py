@@ -1,6 +1,6 @@
 """The PostgreSQL fast path: the export's SELECT run inside COPY, so PostgreSQL formats the rows.
 
-Each column is rendered in SQL exactly as the generic path's serializers write it (see serializers.py),
+Each column is rendered in SQL exactly as the generic path's serializers write it (see formats/),
 so the two paths give the same bytes; the tests compare them type by type.
 """
 
@@ -18,8 +18,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from exporter.config import Settings
 from exporter.datasets import Catalog, Column
 from exporter.db import create_db_engine, database_errors, open_snapshot
+from exporter.formats import CsvOptions
+from exporter.formats.csv import FORMULA_STARTS, guarded_columns
 from exporter.queries import ExportQuery, build_query
-from exporter.serializers import CsvOptions
 
 CHUNK_BYTES = 64 * 1024  # COPY data arrives in pieces of 8 KiB to ~300 KB; small ones are gathered up to this
 QUEUED_PIECES = 16  # bounded buffering between COPY and the client (up to ~5 MB): a slow client pauses COPY
@@ -52,6 +53,12 @@ def _json_finite(c: ColumnElement[Any]) -> ColumnElement[Any]:
     return func.nullif(func.nullif(func.nullif(c, _sql("NaN")), _sql("Infinity")), _sql("-Infinity"))
 
 
+def _formula_guarded(c: ColumnElement[Any]) -> ColumnElement[Any]:
+    # As formats/csv.py's guard: a leading quote on text starting with = + - @ tab or CR.
+    starts = func.left(c, 1).in_([_sql(s) for s in FORMULA_STARTS])
+    return case((starts, _sql("'").op("||")(c)), else_=c)
+
+
 def _json_one_line(c: ColumnElement[Any]) -> ColumnElement[Any]:
     # json keeps its input text; its line breaks are insignificant whitespace, and would split the line.
     text = func.replace(func.replace(cast(c, Text), _sql("\r"), _sql(" ")), _sql("\n"), _sql(" "))
@@ -82,11 +89,13 @@ def copy_applies(query: ExportQuery, fmt: str, options: CsvOptions | None) -> bo
     return len(query.columns) > 1
 
 
-def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
+def copy_statement(query: ExportQuery, fmt: str, *, formula_guard: bool = False) -> Select[Any]:
     """The SELECT whose COPY output is the export: CSV rows, or one JSON object per row."""
     render = CSV_RENDER if fmt == "csv" else JSON_RENDER
+    guarded = set(guarded_columns(query.columns, "postgresql")) if formula_guard else set()
     rendered = query.statement.with_only_columns(
-        *(_rendered(query, col, render) for col in query.columns), maintain_column_froms=True
+        *(_rendered(query, col, render, i in guarded) for i, col in enumerate(query.columns)),
+        maintain_column_froms=True,
     )
     if fmt == "csv":
         return rendered
@@ -94,7 +103,9 @@ def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
     return select(cast(func.row_to_json(literal_column(row.name)), Text)).select_from(row)
 
 
-def _rendered(query: ExportQuery, col: Column, render: dict[str, Render]) -> ColumnElement[Any]:
+def _rendered(query: ExportQuery, col: Column, render: dict[str, Render], guard: bool) -> ColumnElement[Any]:
+    if guard:
+        return _formula_guarded(query.raw(col.name)).label(col.name)
     if col.as_text:
         return cast(query.raw(col.name), Text).label(col.name)
     if col.kind in render:

@@ -1,4 +1,4 @@
-"""iter_rows: row batches from a server-side cursor inside the export's snapshot."""
+"""iter_rows: row batches from a server-side cursor inside the export's snapshot; count_rows: how many there are."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
-from sqlalchemy import Select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.db import database_errors, open_snapshot
@@ -36,3 +36,11 @@ async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int
                     ahead.cancel()
                 with anyio.CancelScope(shield=True):
                     await asyncio.gather(ahead, return_exceptions=True)
+
+
+async def count_rows(engine: AsyncEngine, statement: Select[Any]) -> int:
+    """How many rows `statement` gives (its filters, `after` and `limit` included), in a snapshot of its own."""
+    with database_errors("export"):
+        async with open_snapshot(engine) as conn:
+            counted = await conn.scalar(select(func.count()).select_from(statement.subquery()))
+            return int(counted or 0)

@@ -336,3 +336,25 @@ def with_upstream(name: str = "u", **table: Any) -> dict[str, Any]:
 def test_invalid_upstreams_raise_config_error(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_dict(data, {"EMPTY": "", "TOKEN": "t"})
+
+
+def test_parquet_row_group_rows_defaults_to_131072_and_the_environment_sets_it(tmp_path: Path) -> None:
+    assert Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path)}).parquet_row_group_rows == 131_072
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_PARQUET_ROW_GROUP_ROWS": "1000"}
+    assert Settings.from_environ(environ).parquet_row_group_rows == 1000
+    with pytest.raises(ConfigError, match="parquet_row_group_rows"):
+        Settings.from_environ({**environ, "EXPORTER_PARQUET_ROW_GROUP_ROWS": "0"})
+
+
+def test_arrow_fast_path_is_on_by_default_and_turned_off_by_the_environment(tmp_path: Path) -> None:
+    assert Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path)}).arrow_fast_path is True
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_ARROW_FAST_PATH": "false"}
+    assert Settings.from_environ(environ).arrow_fast_path is False
+
+
+def test_a_dataset_declares_its_formula_guard_default() -> None:
+    datasets = {"plain": {"table": "t", "key": "id"}, "guarded": {"table": "t", "key": "id", "formula_guard": True}}
+    settings = Settings.from_dict({"datasets": datasets})
+    assert (settings.datasets["plain"].formula_guard, settings.datasets["guarded"].formula_guard) == (False, True)
+    with pytest.raises(ConfigError, match="formula_guard"):
+        Settings.from_dict({"datasets": {"bad": {"table": "t", "key": "id", "formula_guard": "maybe"}}})

@@ -16,6 +16,7 @@ CODES: dict[type[ExportError], str] = {
     errors.InvalidValue: "invalid_value",
     errors.InvalidParameter: "invalid_parameter",
     errors.AfterRequiresKeyOrder: "after_requires_key_order",
+    errors.TooManyRowsForXlsx: "too_many_rows_for_xlsx",
     errors.DatasetUnavailable: "dataset_unavailable",
     errors.DatabaseUnavailable: "database_unavailable",
     errors.UnknownRoot: "unknown_root",

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from exporter.auth import CallerDep, require
 from exporter.deps import CatalogDep
+from exporter.formats import FORMATS
 
 router = APIRouter(tags=["datasets"])
 
@@ -14,11 +15,11 @@ router = APIRouter(tags=["datasets"])
 @router.get("/datasets")
 async def list_datasets(catalog: CatalogDep, caller: CallerDep) -> JSONResponse:
     readable = [name for name in catalog.names if caller.may("dataset", name)]
-    return JSONResponse({"datasets": [(await catalog.get(name)).describe(caller.restriction(name).columns)
-                                      for name in readable]})
+    return JSONResponse({"datasets": [
+        (await catalog.get(name)).describe(list(FORMATS), caller.restriction(name).columns) for name in readable]})
 
 
 @router.get("/datasets/{name}")
 async def get_dataset(name: str, catalog: CatalogDep, caller: CallerDep) -> JSONResponse:
     require(caller, "dataset", name)
-    return JSONResponse((await catalog.get(name)).describe(caller.restriction(name).columns))
+    return JSONResponse((await catalog.get(name)).describe(list(FORMATS), caller.restriction(name).columns))

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from exporter.auth import CallerDep, authenticate, check_link, require
@@ -19,6 +19,7 @@ from exporter.config import FileRootConfig
 from exporter.deps import CatalogDep, EngineDep, JobsDep, LimitsDep, SettingsDep
 from exporter.errors import InvalidParameter, JobExpired, RevokedToken
 from exporter.exports import (
+    EXPORT_FORMATS,
     Export,
     ExportRecord,
     export_media_type,
@@ -49,8 +50,15 @@ class JobSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str
-    format: Literal["csv", "ndjson", "csv.gz", "ndjson.gz"]
+    format: Annotated[str, Field(json_schema_extra={"enum": list(EXPORT_FORMATS)})]
     params: dict[str, str] = {}
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in EXPORT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(EXPORT_FORMATS)}")
+        return value
 
 
 @router.post("/jobs", status_code=202, response_class=JSONResponse)
