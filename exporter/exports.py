@@ -122,7 +122,12 @@ async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serial
             pending = b""
         yield pending + serializer.footer()
     finally:
-        await batches.aclose()  # type: ignore[attr-defined]
+        try:
+            await batches.aclose()  # type: ignore[attr-defined]
+        finally:
+            close = getattr(serializer, "close", None)  # a serializer that holds open state (XLSX's zip)
+            if close is not None:
+                close()
 
 
 def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings: Settings,

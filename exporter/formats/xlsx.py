@@ -222,6 +222,14 @@ class XlsxSerializer:
         self._zip.close()
         return self._sink.take()
 
+    def close(self) -> None:
+        """After an export cut short: finish the zip into the sink and drop those bytes (none are sent), so the
+        zip is not left open for the garbage collector, whose ZipFile.__del__ would raise."""
+        if self._sheet is not None and not self._sheet.closed:
+            self._sheet.close()
+        self._zip.close()
+        self._sink.take()
+
 
 def _entry(name: str) -> zipfile.ZipInfo:
     """A zip entry with a fixed date, so the same rows give the same bytes (a job's result and the download)."""
