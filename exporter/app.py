@@ -14,6 +14,7 @@ from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
+from exporter.limits import ExportSlots, export_slot_count
 from exporter.relay import create_upstreams
 from exporter.routes import datasets, exports, files, health, jobs, proxy
 from exporter.workers import run_jobs
@@ -21,12 +22,17 @@ from exporter.workers import run_jobs
 
 @asynccontextmanager
 async def open_sources(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, Catalog]]:
-    """The service's own engine and the catalog of datasets over every source; disposed on exit."""
-    engine = create_db_engine(settings.database_url)
-    sources: dict[str | None, AsyncEngine] = {None: engine}
-    sources.update({name: create_db_engine(url) for name, url in settings.sources.items()})
+    """The service's own engine and the catalog of datasets over every source; disposed on exit. Each database
+    gives exports its export slots, and its pool holds EXPORTER_RESERVED_SLOTS connections more for everything
+    else (the export log, the catalog, /readyz), so those never wait behind exports."""
+    urls: dict[str | None, str] = {None: settings.database_url}
+    urls.update(settings.sources)
+    slots = {name: export_slot_count(url, settings) for name, url in urls.items()}
+    sources = {name: create_db_engine(url, pool_connections=slots[name] + settings.reserved_slots)
+               for name, url in urls.items()}
+    engine = sources[None]
     try:
-        yield engine, Catalog(settings.datasets, sources)
+        yield engine, Catalog(settings.datasets, sources, {name: ExportSlots(n) for name, n in slots.items()})
     finally:
         for source in sources.values():
             await source.dispose()

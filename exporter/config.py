@@ -29,6 +29,8 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 # Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
+# Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
+LIMIT_SETTINGS = ("export_slots", "reserved_slots", "statement_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class Settings:
     job_max_queued: int = 100
     job_progress_seconds: float = 0.5  # the least time between two progress events of a job
     sse_ping_seconds: float = 15.0  # a `: ping` comment on event streams this often
+    export_slots: int | None = None  # exports at once per database; None: 20 on PostgreSQL, 4 on SQLite
+    reserved_slots: int = 10  # pool connections per database that exports never take (log, jobs, catalog)
+    statement_timeout_seconds: float | None = None  # the longest wait for an export's first chunk; None: no limit
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -94,7 +99,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", *JOB_SETTINGS}
+                 "upstreams", *JOB_SETTINGS, *LIMIT_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -120,6 +125,11 @@ class Settings:
             job_progress_seconds=_seconds("job_progress_seconds",
                                           data.get("job_progress_seconds", cls.job_progress_seconds)),
             sse_ping_seconds=_seconds("sse_ping_seconds", data.get("sse_ping_seconds", cls.sse_ping_seconds)),
+            export_slots=(None if data.get("export_slots") is None
+                          else _whole("export_slots", data["export_slots"], 1)),
+            reserved_slots=_whole("reserved_slots", data.get("reserved_slots", cls.reserved_slots), 1),
+            statement_timeout_seconds=_seconds_or_off("statement_timeout_seconds",
+                                                      data.get("statement_timeout_seconds")),
         )
 
     @classmethod
@@ -130,7 +140,8 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *JOB_SETTINGS):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *JOB_SETTINGS,
+                    *LIMIT_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
@@ -313,3 +324,10 @@ def _seconds(name: str, value: Any) -> float:
     if not 0 < seconds < float("inf"):
         raise ConfigError(f"{name} must be more than 0")
     return seconds
+
+
+def _seconds_or_off(name: str, value: Any) -> float | None:
+    """A number of seconds, or None for no limit: unset, 0 or `off`."""
+    if value is None or str(value).strip().lower() in ("0", "0.0", "off"):
+        return None
+    return _seconds(name, value)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from exporter.config import DatasetConfig
 from exporter.db import database_errors
 from exporter.errors import DatasetUnavailable, UnknownDataset
+from exporter.limits import ExportSlots
 
 # What a value is, for parsing filters and for rendering; see serializers.py.
 KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",
@@ -50,6 +51,7 @@ class Dataset:
     config: DatasetConfig
     columns: Mapping[str, Column]
     engine: AsyncEngine
+    slots: ExportSlots | None = None  # its database's export slots; None (tools, unit tests): no limit
 
     @property
     def name(self) -> str:
@@ -73,9 +75,11 @@ class Dataset:
 class Catalog:
     """Datasets by name; each is reflected from its source database on first use and then cached."""
 
-    def __init__(self, configs: Mapping[str, DatasetConfig], engines: Mapping[str | None, AsyncEngine]) -> None:
+    def __init__(self, configs: Mapping[str, DatasetConfig], engines: Mapping[str | None, AsyncEngine],
+                 slots: Mapping[str | None, ExportSlots] | None = None) -> None:
         self._configs = configs
         self._engines = engines
+        self._slots = slots or {}
         self._cache: dict[str, Dataset] = {}
 
     @property
@@ -94,11 +98,12 @@ class Catalog:
         if config is None:
             raise UnknownDataset(f"no dataset named {name!r}; GET /datasets lists them", parameter="name")
         engine = self._engines[config.source]
+        # Not an export slot: the pool's reserve serves this, so /datasets answers while exports are busy.
         with database_errors(f"dataset {name!r}"):
             async with engine.connect() as conn:
                 columns = await _reflect(conn, config)
         _check(config, columns)
-        dataset = Dataset(config, {c.name: c for c in columns}, engine)
+        dataset = Dataset(config, {c.name: c for c in columns}, engine, self._slots.get(config.source))
         self._cache[name] = dataset
         return dataset
 

@@ -16,23 +16,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from exporter.errors import DatabaseUnavailable, DatasetUnavailable
 
 APPLICATION_NAME = "exporter"
+POOL_SIZE = 10
+POOL_CONNECTIONS = 30
 
 
-def create_db_engine(url: str, application_name: str = APPLICATION_NAME) -> AsyncEngine:
+def create_db_engine(url: str, application_name: str = APPLICATION_NAME,
+                     pool_connections: int = POOL_CONNECTIONS) -> AsyncEngine:
     """An async engine; the caller disposes it. SQLite files get their folder, WAL and a busy timeout.
-    `application_name` names its PostgreSQL sessions in pg_stat_activity."""
+    `application_name` names its PostgreSQL sessions in pg_stat_activity. Its pool opens at most
+    `pool_connections` connections (and keeps up to 10 of them open when idle)."""
     parsed = make_url(url)
+    pool_size = min(POOL_SIZE, pool_connections)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+            engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_connections - pool_size)
+        else:
+            engine = create_async_engine(url)  # one connection is the whole database
         # WAL lets exports read while the export log is written; readers never block the writer.
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
         url,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=pool_connections - pool_size,
         pool_pre_ping=True,
         connect_args={
             "server_settings": {

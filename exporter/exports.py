@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter.compression import iter_gzip
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
+from exporter.limits import iter_limited
 from exporter.models import ExportLogEntry
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
 from exporter.queries import ExportQuery, build_query
@@ -100,17 +101,23 @@ async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serial
 
 
 def open_chunks(dataset: Dataset, query: ExportQuery, options: CsvOptions | None, settings: Settings,
-                record: ExportRecord) -> AsyncIterator[bytes]:
-    """The export's bytes: from COPY where it applies (PostgreSQL, fast path on), else cursor + serializer."""
+                record: ExportRecord, *, wait_for_slot: bool = False) -> AsyncIterator[bytes]:
+    """The export's bytes: from COPY where it applies (PostgreSQL, fast path on), else cursor + serializer.
+    They start once one of the database's export slots is held: without `wait_for_slot` (a request) the first
+    chunk raises Busy when none is free; a job waits for one. See iter_limited for the statement timeout."""
     dialect = dataset.engine.dialect.name
     fmt = "ndjson" if options is None else "csv"
     if settings.copy_fast_path and dialect == "postgresql" and copy_applies(query, fmt, options):
         record.path = "copy"
         chunks = iter_copy(dataset.engine, copy_statement(query, fmt), copy_options(fmt, options), record.set_rows)
-        return _iter_prefixed(BOM, chunks) if options is not None and options.bom else chunks
-    record.path = "generic"
-    batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
-    return iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
+        if options is not None and options.bom:
+            chunks = _iter_prefixed(BOM, chunks)
+    else:
+        record.path = "generic"
+        batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
+        chunks = iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
+    return iter_limited(chunks, dataset.slots, wait_for_slot=wait_for_slot,
+                        first_chunk_seconds=settings.statement_timeout_seconds)
 
 
 async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

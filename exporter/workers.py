@@ -150,7 +150,8 @@ class Runner:
 
     async def _export(self, job: Job, record: ExportRecord) -> tuple[int, str]:
         export = await prepare_export(self._catalog, filename(job), list(job.params.items()))
-        chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record)
+        chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
+                             wait_for_slot=True)
         body = iter_export(chunks, gzip=export.gzip_file, record=record, log_engine=self._log_engine)
         return await write_result(body, self._part(job.id, job.attempt), self._jobs.result_path(job))
 

@@ -36,6 +36,8 @@ CODES: dict[type[ExportError], str] = {
     errors.JobExpired: "job_expired",
     errors.IdempotencyConflict: "idempotency_conflict",
     errors.TooManyJobs: "too_many_jobs",
+    errors.Busy: "busy",
+    errors.StatementTimeout: "statement_timeout",
 }
 
 
