@@ -14,7 +14,7 @@ from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
-from exporter.limits import ExportSlots, export_slot_count
+from exporter.limits import ExportSlots, SendTimeout, export_slot_count
 from exporter.relay import create_upstreams
 from exporter.routes import datasets, exports, files, health, jobs, proxy
 from exporter.workers import run_jobs
@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
     for module in (datasets, exports, jobs, files, proxy, health):
         app.include_router(module.router)
     return app

@@ -30,7 +30,7 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
 # Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
-LIMIT_SETTINGS = ("export_slots", "reserved_slots", "statement_timeout_seconds")
+LIMIT_SETTINGS = ("export_slots", "reserved_slots", "send_timeout_seconds", "statement_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class Settings:
     sse_ping_seconds: float = 15.0  # a `: ping` comment on event streams this often
     export_slots: int | None = None  # exports at once per database; None: 20 on PostgreSQL, 4 on SQLite
     reserved_slots: int = 10  # pool connections per database that exports never take (log, jobs, catalog)
+    send_timeout_seconds: float = 60.0  # a response whose client takes no data this long is aborted
     statement_timeout_seconds: float | None = None  # the longest wait for an export's first chunk; None: no limit
 
     @classmethod
@@ -128,6 +129,8 @@ class Settings:
             export_slots=(None if data.get("export_slots") is None
                           else _whole("export_slots", data["export_slots"], 1)),
             reserved_slots=_whole("reserved_slots", data.get("reserved_slots", cls.reserved_slots), 1),
+            send_timeout_seconds=_seconds("send_timeout_seconds",
+                                          data.get("send_timeout_seconds", cls.send_timeout_seconds)),
             statement_timeout_seconds=_seconds_or_off("statement_timeout_seconds",
                                                       data.get("statement_timeout_seconds")),
         )

@@ -83,8 +83,11 @@ def _reason(error: BaseException) -> str:
 
 
 @asynccontextmanager
-async def open_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def open_snapshot(engine: AsyncEngine, idle_seconds: float | None = None) -> AsyncIterator[AsyncConnection]:
     """A connection in a read-only transaction; on PostgreSQL REPEATABLE READ, so one export sees one snapshot.
+    With `idle_seconds`, PostgreSQL ends the session when the transaction sits idle that long between two
+    statements (idle_in_transaction_session_timeout): a backstop that frees the connection, its snapshot and the
+    rows vacuum must keep for it, should the service stop reading without closing it.
 
     The connection goes back to the pool on exit, even when the caller is being cancelled.
     """
@@ -93,6 +96,9 @@ async def open_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         if engine.dialect.name == "postgresql":
             await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         await conn.begin()
+        if idle_seconds is not None and engine.dialect.name == "postgresql":
+            milliseconds = max(1, round(idle_seconds * 1000))
+            await conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {milliseconds}")
         yield conn
     finally:
         with anyio.CancelScope(shield=True):

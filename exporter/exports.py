@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 
 EXPORT_FORMATS = ("csv", "ndjson", "csv.gz", "ndjson.gz")
+# An export's transaction waits for its client at most the send timeout between two statements; PostgreSQL ends
+# one idle this much longer (idle_in_transaction_session_timeout), a backstop should the service itself stall.
+IDLE_MARGIN_SECONDS = 30.0
 
 
 def export_media_type(fmt: str) -> str:
@@ -107,14 +110,16 @@ def open_chunks(dataset: Dataset, query: ExportQuery, options: CsvOptions | None
     chunk raises Busy when none is free; a job waits for one. See iter_limited for the statement timeout."""
     dialect = dataset.engine.dialect.name
     fmt = "ndjson" if options is None else "csv"
+    idle_seconds = settings.send_timeout_seconds + IDLE_MARGIN_SECONDS
     if settings.copy_fast_path and dialect == "postgresql" and copy_applies(query, fmt, options):
         record.path = "copy"
-        chunks = iter_copy(dataset.engine, copy_statement(query, fmt), copy_options(fmt, options), record.set_rows)
+        chunks = iter_copy(dataset.engine, copy_statement(query, fmt), copy_options(fmt, options), record.set_rows,
+                           idle_seconds)
         if options is not None and options.bom:
             chunks = _iter_prefixed(BOM, chunks)
     else:
         record.path = "generic"
-        batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
+        batches = iter_rows(dataset.engine, query.statement, settings.batch_rows, idle_seconds)
         chunks = iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
     return iter_limited(chunks, dataset.slots, wait_for_slot=wait_for_slot,
                         first_chunk_seconds=settings.statement_timeout_seconds)

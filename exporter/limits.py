@@ -1,17 +1,21 @@
-"""Limits that keep one greedy client from starving the others: export slots per database, and the wait for an
-export's first chunk."""
+"""Limits that keep one greedy or stalled client from starving the others: export slots per database, the wait for
+an export's first chunk, and the send timeout for every response."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
 
 import anyio
 from sqlalchemy.engine import make_url
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exporter.config import Settings
 from exporter.errors import Busy, StatementTimeout
+
+log = logging.getLogger(__name__)
 
 POSTGRESQL_EXPORT_SLOTS = 20
 # SQLite reads run in this process, one thread each, and share its cores and the GIL: more at once only share them.
@@ -67,3 +71,32 @@ async def iter_limited(chunks: AsyncIterator[bytes], slots: ExportSlots | None, 
         finally:
             with anyio.CancelScope(shield=True):
                 await chunks.aclose()  # type: ignore[attr-defined]
+
+
+class SendTimeout:
+    """ASGI middleware: a response whose client takes no data for `seconds` is abandoned, like nginx's
+    send_timeout. Each send may wait that long for the connection to drain; then TimeoutError (an OSError, as
+    for a client that left) is raised into the response, which closes its body iterator, so its database
+    connection, file or upstream request is released, and the server closes the connection without the end of
+    the body."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_within(message: Message) -> None:
+            try:
+                with anyio.fail_after(self.seconds):
+                    await send(message)
+            except TimeoutError:
+                client = scope.get("client")
+                log.warning("%s %s: the client %s took no data for %g s; aborting the response", scope["method"],
+                            scope["path"], client[0] if client else "?", self.seconds)
+                raise
+
+        await self.app(scope, receive, send_within)
