@@ -10,11 +10,11 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import __version__
+from exporter.capacity import ExportSlots, SendTimeout, export_slot_count
 from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
-from exporter.limits import ExportSlots, SendTimeout, export_slot_count
 from exporter.relay import create_upstreams
 from exporter.routes import datasets, exports, files, health, jobs, proxy
 from exporter.workers import run_jobs

@@ -11,10 +11,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exporter.capacity import ExportSlots
 from exporter.config import DatasetConfig
 from exporter.db import database_errors
 from exporter.errors import DatasetUnavailable, UnknownDataset
-from exporter.limits import ExportSlots
 
 # What a value is, for parsing filters and for rendering; see serializers.py.
 KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",

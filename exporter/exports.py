@@ -13,10 +13,10 @@ import anyio
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exporter.capacity import iter_limited
 from exporter.compression import iter_gzip
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
-from exporter.limits import iter_limited
 from exporter.models import ExportLogEntry
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
 from exporter.queries import ExportQuery, build_query

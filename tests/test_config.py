@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from exporter.capacity import export_slot_count
 from exporter.config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_FILE_CHUNK_BYTES,
@@ -16,7 +17,6 @@ from exporter.config import (
     UpstreamConfig,
 )
 from exporter.errors import ConfigError
-from exporter.limits import export_slot_count
 
 WAREHOUSE_URL = "postgresql+asyncpg://reader@warehouse.internal/dw"
 

@@ -1,4 +1,4 @@
-"""Limits that keep one greedy or stalled client from starving the others: export slots per database, the wait for
+"""Capacity: one greedy or stalled client cannot starve the others. Export slots per database, the wait for
 an export's first chunk, and the send timeout for every response."""
 
 from __future__ import annotations
