@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/exporter migrate
 	$(BIN)/exporter seed-demo --if-missing --rows $(DEMO_ROWS)
-	$(BIN)/exporter serve --host $(HOST) --port $(PORT)
+	EXPORTER_AUTH=$${EXPORTER_AUTH:-off} $(BIN)/exporter serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check exporter tests migrations
@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
 	$(BIN)/python -m tests.bench_files
 	$(BIN)/python -m tests.bench_proxy
+	$(BIN)/python -m tests.bench_auth
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

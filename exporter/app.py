@@ -3,6 +3,8 @@ one JSON error shape."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,11 +12,14 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import __version__
+from exporter.audit import record_refusal
+from exporter.auth import RefuseTokensInUrls, load_link_secret
 from exporter.capacity import ExportSlots, SendTimeout, export_slot_count
 from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
+from exporter.limits import Limits
 from exporter.relay import create_upstreams
 from exporter.routes import datasets, exports, files, health, jobs, proxy
 from exporter.workers import run_jobs
@@ -38,6 +43,9 @@ async def open_sources(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, C
             await source.dispose()
 
 
+log = logging.getLogger(__name__)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,13 +59,28 @@ def create_app(settings: Settings) -> FastAPI:
                 app.state.upstreams = upstreams
                 app.state.jobs = runner.jobs
                 app.state.runner = runner
-                yield
+                app.state.keys = runner.keys
+                limits = Limits(runner.keys, runner.jobs, settings.key_max_concurrent)
+                app.state.limits = limits
+                if settings.auth == "off":
+                    log.warning("EXPORTER_AUTH=off: every caller may read every dataset, file and upstream")
+                else:
+                    runner.jobs.link_secret = await load_link_secret(runner.keys.engine)
+                    if not await runner.keys.count():
+                        log.warning("no API key exists, so every request is refused (401). Create one with: "
+                                    "exporter keys create NAME --grant 'dataset:*'")
+                watcher = asyncio.create_task(limits.watch())
+                try:
+                    yield
+                finally:
+                    watcher.cancel()
         finally:
             for upstream in upstreams.values():
                 await upstream.aclose()
 
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
-    install_error_handlers(app)
+    app.add_middleware(RefuseTokensInUrls)
+    install_error_handlers(app, record_refusal)
     app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
     for module in (datasets, exports, jobs, files, proxy, health):
         app.include_router(module.router)

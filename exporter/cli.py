@@ -1,9 +1,10 @@
-"""Console script `exporter`: serve, worker, migrate, seed-demo."""
+"""Console script `exporter`: serve, worker, migrate, seed-demo, keys, audit."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from exporter import admin
 from exporter.config import Settings
 from exporter.errors import ConfigError
 
@@ -23,11 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--allow-anonymous", action="store_true",
+                       help="allow EXPORTER_AUTH=off on a host other than loopback")
     commands.add_parser("worker", help="run export job workers (EXPORTER_JOB_WORKERS) without HTTP")
     commands.add_parser("migrate", help="create or upgrade the service's own tables (alembic upgrade head)")
     seed = commands.add_parser("seed-demo", help="(re)create the demo table `orders` with deterministic rows")
     seed.add_argument("--rows", type=int, default=100_000)
     seed.add_argument("--if-missing", action="store_true", help="do nothing if `orders` already exists")
+    admin.add_commands(commands)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -38,13 +43,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"exporter: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        if settings.auth == "off" and not _loopback(args.host) and not args.allow_anonymous:
+            print(f"exporter: EXPORTER_AUTH=off would let anyone who reaches {args.host} read everything; serve on "
+                  "127.0.0.1, turn auth on, or pass --allow-anonymous", file=sys.stderr)
+            return 2
         return _serve(settings, args.host, args.port)
+    if args.command in ("keys", "audit"):
+        try:
+            return asyncio.run(admin.run(settings, args))
+        except ConfigError as exc:
+            print(f"exporter: {exc}", file=sys.stderr)
+            return 2
     if args.command == "worker":
         return asyncio.run(_work(settings))
     if args.command == "migrate":
         migrate(settings.database_url)
         return 0
     return asyncio.run(_seed(settings, args.rows, args.if_missing))
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:

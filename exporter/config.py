@@ -29,6 +29,7 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 # Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
+AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent")
 # Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
 LIMIT_SETTINGS = ("export_slots", "reserved_slots", "send_timeout_seconds", "statement_timeout_seconds")
 
@@ -89,6 +90,9 @@ class Settings:
     job_max_queued: int = 100
     job_progress_seconds: float = 0.5  # the least time between two progress events of a job
     sse_ping_seconds: float = 15.0  # a `: ping` comment on event streams this often
+    auth: str = "required"  # or "off": every request is anonymous and may do anything
+    link_ttl_seconds: float = 900.0  # signed result links work this long
+    key_max_concurrent: int = 4  # downloads and jobs at once per key, unless the key says otherwise
     export_slots: int | None = None  # exports at once per database; None: 20 on PostgreSQL, 4 on SQLite
     reserved_slots: int = 10  # pool connections per database that exports never take (log, jobs, catalog)
     send_timeout_seconds: float = 60.0  # a response whose client takes no data this long is aborted
@@ -100,7 +104,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", *JOB_SETTINGS, *LIMIT_SETTINGS}
+                 "upstreams", *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -126,6 +130,10 @@ class Settings:
             job_progress_seconds=_seconds("job_progress_seconds",
                                           data.get("job_progress_seconds", cls.job_progress_seconds)),
             sse_ping_seconds=_seconds("sse_ping_seconds", data.get("sse_ping_seconds", cls.sse_ping_seconds)),
+            auth=_choice("auth", data.get("auth", cls.auth), ("required", "off")),
+            link_ttl_seconds=_seconds("link_ttl_seconds", data.get("link_ttl_seconds", cls.link_ttl_seconds)),
+            key_max_concurrent=_whole("key_max_concurrent", data.get("key_max_concurrent", cls.key_max_concurrent),
+                                      1),
             export_slots=(None if data.get("export_slots") is None
                           else _whole("export_slots", data["export_slots"], 1)),
             reserved_slots=_whole("reserved_slots", data.get("reserved_slots", cls.reserved_slots), 1),
@@ -144,7 +152,7 @@ class Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *JOB_SETTINGS,
-                    *LIMIT_SETTINGS):
+                    *AUTH_SETTINGS, *LIMIT_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
@@ -161,6 +169,12 @@ def _whole(name: str, value: Any, least: int, most: int | None = None) -> int:
     if most is not None and number > most:
         raise ConfigError(f"{name} must be at most {most}")
     return number
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if str(value) not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _flag(name: str, value: Any) -> bool:

@@ -61,13 +61,17 @@ class Dataset:
     def key(self) -> Column:
         return self.columns[self.config.key]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, visible: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Discovery JSON; with `visible` (a key's column restriction) only those columns, in that order."""
+        columns = list(self.columns.values()) if visible is None else [
+            self.columns[name] for name in visible if name in self.columns]
+        shown = {c.name for c in columns}
         return {
             "name": self.name,
             "description": self.config.description,
             "key": self.config.key,
-            "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in self.columns.values()],
-            "filterable": list(self.config.filterable),
+            "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in columns],
+            "filterable": [name for name in self.config.filterable if name in shown],
             "formats": ["csv", "ndjson", "csv.gz", "ndjson.gz"],
         }
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.jobs import Jobs
+from exporter.limits import Limits
 from exporter.relay import Upstream
 
 
@@ -39,8 +40,14 @@ def _jobs(request: Request) -> Jobs:
     return jobs
 
 
+def _limits(request: Request) -> Limits:
+    limits: Limits = request.app.state.limits
+    return limits
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(_engine)]
 CatalogDep = Annotated[Catalog, Depends(_catalog)]
 UpstreamsDep = Annotated[Mapping[str, Upstream], Depends(_upstreams)]
 JobsDep = Annotated[Jobs, Depends(_jobs)]
+LimitsDep = Annotated[Limits, Depends(_limits)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
@@ -169,6 +169,59 @@ class TooManyJobs(ExportError):
     status = 429
 
 
+class Unauthorized(ExportError):
+    """No usable credentials: 401 with WWW-Authenticate: Bearer (RFC 6750 §3)."""
+
+    status = 401
+
+    def __init__(self, message: str, *, parameter: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, parameter=parameter,
+                         headers={"WWW-Authenticate": 'Bearer realm="exporter"', **(headers or {})})
+
+
+class MissingToken(Unauthorized):
+    pass
+
+
+class InvalidToken(Unauthorized):
+    """Malformed, mistyped, unknown, or with the wrong secret: all answer alike."""
+
+
+class ExpiredToken(Unauthorized):
+    pass
+
+
+class RevokedToken(Unauthorized):
+    pass
+
+
+class Forbidden(ExportError):
+    """A valid key asked for something outside its grants or restrictions."""
+
+    status = 403
+
+
+class LinkExpired(ExportError):
+    status = 403
+
+
+class TokenInUrl(ExportError):
+    """A token in the query string would end up in logs; it is refused before anything else."""
+
+
+class TooManyRequests(ExportError):
+    """The key has --max-concurrent downloads and jobs running; the response carries Retry-After."""
+
+    status = 429
+
+
+class RowLimitExceeded(ExportError):
+    """The export would pass the key's --max-rows for the dataset: the transfer is aborted, never ended cleanly."""
+
+    status = 403
+
+
 class Busy(ExportError):
     """Every slot the dataset's database gives to exports is taken; answered at once, with Retry-After."""
 
@@ -197,11 +250,15 @@ def error_response(exc: ExportError) -> JSONResponse:
                         headers=exc.headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error response, ours or the framework's, has the same JSON shape."""
+def install_error_handlers(app: FastAPI,
+                           on_refused: Callable[[Request, ExportError], Awaitable[None]] | None = None) -> None:
+    """Every error response, ours or the framework's, has the same JSON shape. `on_refused` sees each of ours
+    first (the audit log records refusals)."""
 
     async def on_export_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ExportError)
+        if on_refused is not None:
+            await on_refused(request, exc)
         return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,8 @@ from exporter.capacity import iter_limited
 from exporter.compression import iter_gzip
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
+from exporter.errors import RowLimitExceeded
+from exporter.keys import NO_RESTRICTION, Restriction
 from exporter.models import ExportLogEntry
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
 from exporter.queries import ExportQuery, build_query
@@ -56,34 +58,41 @@ class Export:
     options: CsvOptions | None  # None for NDJSON
     format: str  # csv | ndjson | csv.gz | ndjson.gz
     gzip_file: bool
+    max_rows: int | None = None  # the key's limit: an export that passes it is aborted
 
     @property
     def filename(self) -> str:
         return f"{self.dataset.name}.{self.format}"
 
 
-async def prepare_export(catalog: Catalog, filename: str, params: list[tuple[str, str]]) -> Export:
-    """Validate the name and every parameter; raises the ExportError that names what is wrong."""
+async def prepare_export(catalog: Catalog, filename: str, params: list[tuple[str, str]],
+                         restriction: Restriction = NO_RESTRICTION) -> Export:
+    """Validate the name and every parameter, within a key's restriction on the dataset; raises the ExportError
+    that names what is wrong."""
     name, fmt, gzip_file = split_filename(filename)
     dataset = await catalog.get(name)
-    query = build_query(dataset, params, dataset.engine.dialect.name)
+    query = build_query(dataset, params, dataset.engine.dialect.name, restriction)
     options = format_options(fmt, dict(params))
-    return Export(dataset, query, options, fmt + (".gz" if gzip_file else ""), gzip_file)
+    return Export(dataset, query, options, fmt + (".gz" if gzip_file else ""), gzip_file, restriction.max_rows)
 
 
 @dataclass
 class ExportRecord:
-    """What the export log keeps of one export; counters grow while it streams."""
+    """What the export log keeps of one download (an export, a file, a relay, a job's result); counters grow
+    while it streams. `dataset` holds the dataset's, file root's or upstream's name."""
 
     dataset: str
     format: str
     parameters: dict[str, list[str]]
     client_address: str | None
+    kind: str = "export"
+    key_name: str | None = None
+    resource: str | None = None  # a file's or relayed path; a job's id
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.monotonic)
     rows: int = 0
     bytes: int = 0
-    path: str = "generic"
+    path: str | None = "generic"  # copy | generic, for exports
 
     def set_rows(self, rows: int) -> None:
         self.rows = rows
@@ -134,12 +143,43 @@ async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIt
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def iter_export(chunks: AsyncIterator[bytes], *, gzip: bool, record: ExportRecord, log_engine: AsyncEngine
-                      ) -> AsyncIterator[bytes]:
-    """The export's body. However it ends (completed, closed because the client left, or failed), the rows
-    are released and one export log row is written before this iterator finishes closing."""
+def iter_export(chunks: AsyncIterator[bytes], *, gzip: bool, record: ExportRecord, log_engine: AsyncEngine,
+                max_rows: int | None = None) -> AsyncIterator[bytes]:
+    """The export's body: optionally gzipped, aborted with RowLimitExceeded once it passes `max_rows`, and
+    recorded (see iter_recorded)."""
+    if max_rows is not None:
+        chunks = _iter_row_limited(chunks, record, max_rows)
     if gzip:
         chunks = iter_gzip(chunks)
+    return iter_recorded(chunks, record, log_engine)
+
+
+async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, max_rows: int
+                            ) -> AsyncIterator[bytes]:
+    """Raise RowLimitExceeded instead of a chunk that takes the export past `max_rows` (the query asks for one row
+    more, so the database stops there too). COPY counts line ends until it ends, and a value may hold line
+    breaks, so there only its final count decides."""
+    def passed() -> bool:
+        return record.rows > max_rows
+
+    try:
+        async for chunk in chunks:
+            if record.path == "generic" and passed():
+                break
+            yield chunk
+        if passed():
+            log.warning("export of %s stopped: the key %s may read at most %d rows", record.dataset,
+                        record.key_name, max_rows)
+            raise RowLimitExceeded(f"this export has more than {max_rows} rows, the most this key may read; "
+                                   "narrow it with filters or limit=")
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine
+                        ) -> AsyncIterator[bytes]:
+    """`chunks`, counted. However it ends (completed, closed because the client left, or failed), `chunks` is
+    closed and one export log row is written before this iterator finishes closing."""
     outcome, error = "failed", None
     try:
         async for chunk in chunks:
@@ -152,12 +192,20 @@ async def iter_export(chunks: AsyncIterator[bytes], *, gzip: bool, record: Expor
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if record.bytes:
-            log.error("export of %s aborted after %d bytes: %s", record.dataset, record.bytes, error)
+            log.error("%s of %s aborted after %d bytes: %s", record.kind, record.dataset, record.bytes, error)
         raise
     finally:
         with anyio.CancelScope(shield=True):
             await chunks.aclose()  # type: ignore[attr-defined]
             await write_log(log_engine, record, outcome, error)
+
+
+def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Query parameters as the export log keeps them: each name with its values."""
+    found: dict[str, list[str]] = {}
+    for name, value in params:
+        found.setdefault(name, []).append(value)
+    return found
 
 
 async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, error: str | None) -> None:
@@ -177,6 +225,9 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
                     duration_seconds=time.monotonic() - record.started,
                     client_address=record.client_address,
                     error=error,
+                    kind=record.kind,
+                    key_name=record.key_name,
+                    resource=record.resource,
                 )
             )
     except Exception:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from exporter import events
+from exporter.auth import link_query
 from exporter.config import Settings
 from exporter.errors import (
     IdempotencyConflict,
@@ -28,6 +29,7 @@ from exporter.errors import (
     TooManyJobs,
     UnknownJob,
 )
+from exporter.keys import NO_RESTRICTION, Restriction
 from exporter.models import Job, JobEvent
 
 MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
@@ -46,6 +48,8 @@ class JobRequest:
     dataset: str
     format: str
     params: Mapping[str, str]
+    owner_key: str | None = None  # the key submitting it (None with auth off)
+    restriction: Restriction = NO_RESTRICTION  # that key's on the dataset, applied when the job runs
 
     def digest(self) -> str:
         canonical = {"dataset": self.dataset, "format": self.format, "params": dict(self.params)}
@@ -66,8 +70,9 @@ def filename(job: Job) -> str:
     return f"{job.dataset}.{job.format}"
 
 
-def job_json(job: Job, media_type: str) -> dict[str, Any]:
-    """The job as the API shows it; `media_type` is its format's Content-Type."""
+def job_json(job: Job, media_type: str, link_query: str | None = None) -> dict[str, Any]:
+    """The job as the API shows it; `media_type` is its format's Content-Type; `link_query` signs the result's
+    URL so it works without a header."""
     return {
         "id": job.id,
         "dataset": job.dataset,
@@ -83,7 +88,7 @@ def job_json(job: Job, media_type: str) -> dict[str, Any]:
         "attempt": job.attempt,
         "error": {"code": job.error_code, "message": job.error_message} if job.state == "failed" else None,
         "result": {
-            "url": f"/jobs/{job.id}/result",
+            "url": f"/jobs/{job.id}/result" + (f"?{link_query}" if link_query else ""),
             "size": job.result_size,
             "sha256": job.result_sha256,
             "rows": job.result_rows,
@@ -119,9 +124,13 @@ class Jobs:
         self.notifier = notifier
         self._settings = settings
         self._media_type = media_type
+        self.link_secret: bytes | None = None  # set at startup when auth is on: result URLs are then signed
 
     def json(self, job: Job) -> dict[str, Any]:
-        return job_json(job, self._media_type(job.format))
+        link = None
+        if self.link_secret is not None and job.state == "succeeded":
+            link = link_query(self.link_secret, job.id, self._settings.link_ttl_seconds)
+        return job_json(job, self._media_type(job.format), link)
 
     # --- the API's side -------------------------------------------------------------------------------------
 
@@ -129,6 +138,8 @@ class Jobs:
         """The new queued job and True; or, for an Idempotency-Key seen before with the same request, that job
         and False. Raises IdempotencyConflict (same key, other request) and TooManyJobs (queue full)."""
         digest = request.digest()
+        if idempotency_key is not None:
+            idempotency_key = f"{request.owner_key or ''}/{idempotency_key}"  # each key has its own
         if idempotency_key is not None and (seen := await self._by_key(idempotency_key, digest)) is not None:
             return seen, False
         try:
@@ -158,7 +169,8 @@ class Jobs:
                                   headers={"Retry-After": str(RETRY_AFTER_SECONDS * 5)})
             job = Job(id=secrets.token_urlsafe(16), dataset=request.dataset, format=request.format,
                       params=dict(request.params), state="queued", rows=0, bytes=0, created_at=now(), attempt=0,
-                      idempotency_key=idempotency_key, request_digest=digest, last_event_id=2)
+                      idempotency_key=idempotency_key, request_digest=digest, last_event_id=2,
+                      owner_key=request.owner_key, restriction=request.restriction.as_json())
             await conn.execute(insert(Job).values({c.key: getattr(job, c.key) for c in _COLUMNS}))
             await _store_events(conn, job, [("state", None), ("progress", progress_json(0, 0, 0.0, queued + 1))],
                                 self.json(job))
@@ -166,18 +178,25 @@ class Jobs:
         self.notifier.wake(events.QUEUE)
         return job
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job; with an `owner`, only if that key submitted it: another's job is UnknownJob as well, so ids
+        cannot be probed."""
+        query = select(*_COLUMNS).where(Job.id == job_id)
+        if owner is not None:
+            query = query.where(Job.owner_key == owner)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(*_COLUMNS).where(Job.id == job_id))).one_or_none()
+            row = (await conn.execute(query)).one_or_none()
         if row is None:
             raise UnknownJob(f"no job {job_id!r}")
         return Job(**row._mapping)
 
-    async def newest(self, state: str | None, limit: int) -> list[Job]:
-        """Newest first."""
+    async def newest(self, state: str | None, limit: int, owner: str | None = None) -> list[Job]:
+        """Newest first; with an `owner`, that key's only."""
         query = select(*_COLUMNS).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
         if state is not None:
             query = query.where(Job.state == state)
+        if owner is not None:
+            query = query.where(Job.owner_key == owner)
         async with self.engine.connect() as conn:
             return [Job(**row._mapping) for row in await conn.execute(query)]
 
@@ -207,9 +226,16 @@ class Jobs:
                 if not batch:
                     await events.wait(woken)
 
-    async def delete(self, job_id: str) -> Job:
+    async def unfinished(self, owner: str) -> int:
+        """How many of this key's jobs are queued or running."""
+        async with self.engine.connect() as conn:
+            return await conn.scalar(select(func.count()).select_from(Job).where(
+                Job.owner_key == owner, Job.state.in_(("queued", "running")))) or 0
+
+    async def delete(self, job_id: str, owner: str | None = None) -> Job:
         """DELETE /jobs/{id}: a queued or running job is cancelled (its worker stops within a progress interval);
         a succeeded one has its file deleted and expires; any other is left as it is."""
+        await self.get(job_id, owner)
         stamp = now()
         job = await self._change(job_id, [Job.state.in_(("queued", "running"))],
                                  {"state": "cancelled", "finished_at": stamp, "lease_owner": None,
@@ -327,6 +353,24 @@ class Jobs:
         async with self.engine.connect() as conn:
             due = list(await conn.scalars(select(Job.id).where(Job.state == "succeeded", Job.expires_at <= stamp)))
         return sum([await self.expire(job_id, stamp) is not None for job_id in due])
+
+    async def fail_unauthorised(self, unusable: Collection[str]) -> None:
+        """Fail the queued and running jobs of these keys (revoked or expired): a running one stops at its next
+        progress write."""
+        async with self.engine.connect() as conn:
+            ids = list(await conn.scalars(select(Job.id).where(Job.owner_key.in_(list(unusable)),
+                                                               Job.state.in_(("queued", "running")))))
+        for job_id in ids:
+            await self._change(job_id, [Job.state.in_(("queued", "running"))],
+                               {"state": "failed", "finished_at": now(), "error_code": "revoked_token",
+                                "error_message": "the key that submitted this job was revoked or expired",
+                                "lease_owner": None, "lease_expires_at": None}, ["state", "failed"])
+
+    async def owners(self) -> list[str]:
+        """The keys that own queued or running jobs."""
+        async with self.engine.connect() as conn:
+            return list(await conn.scalars(select(Job.owner_key).distinct().where(
+                Job.owner_key.is_not(None), Job.state.in_(("queued", "running")))))
 
     async def running_attempts(self, job_ids: Sequence[str]) -> set[tuple[str, int]]:
         """(id, attempt) of those jobs that are running now."""

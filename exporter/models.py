@@ -50,6 +50,32 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class ApiKey(Base):
+    """An API key: the SHA-256 of its secret (never the token), its grants, its restrictions by dataset."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # the token's key id, in hex
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    secret_hash: Mapped[str] = mapped_column(Text)
+    grants: Mapped[list[str]] = mapped_column(JSON)
+    restrictions: Mapped[dict[str, dict[str, object]]] = mapped_column(JSON)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ServiceSecret(Base):
+    """Random secrets the replicas of one database share, made by the migrations (`link`: signs result links)."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class Job(Base):
     """An export run in the background. `state` is queued, running, succeeded, failed, cancelled or expired;
     a running job belongs to `lease_owner` until `lease_expires_at`. `last_event_id` numbers its events."""
@@ -80,6 +106,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(Text)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    owner_key: Mapped[str | None] = mapped_column(Text)  # the key that submitted it; None with auth off
+    restriction: Mapped[dict[str, object] | None] = mapped_column(JSON)  # that key's, on this dataset
 
 
 class JobEvent(Base):
@@ -96,23 +124,27 @@ class JobEvent(Base):
 
 
 class ExportLogEntry(Base):
-    """One row per export, written when it ends however it ends."""
+    """One row per download (export, file, relay, job submission, job result), written when it ends however it
+    ends, and one per refused request: the audit log."""
 
     __tablename__ = "export_log"
-    __table_args__ = (Index("ix_export_log_started_at", "started_at"),)
+    __table_args__ = (Index("ix_export_log_started_at", "started_at"), Index("ix_export_log_key_name", "key_name"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     dataset: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(Text)
     parameters: Mapped[dict[str, list[str]]] = mapped_column(JSON)
-    outcome: Mapped[str] = mapped_column(Text)  # completed | aborted (by the client) | failed
+    outcome: Mapped[str] = mapped_column(Text)  # completed | aborted (by the client) | failed | denied | limited
     path: Mapped[str | None] = mapped_column(Text)  # copy (PostgreSQL COPY) | generic (cursor + serializer)
     rows: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
     duration_seconds: Mapped[float] = mapped_column(Float)
     client_address: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(Text)  # export | file | relay | job | job_result
+    key_name: Mapped[str | None] = mapped_column(Text)
+    resource: Mapped[str | None] = mapped_column(Text)  # a file's or relayed path; a job's id
 
 
 class Order(DemoBase):

@@ -18,11 +18,13 @@ from exporter.datasets import Column, Dataset
 from exporter.errors import (
     AfterRequiresKeyOrder,
     ColumnNotFilterable,
+    Forbidden,
     InvalidParameter,
     InvalidValue,
     UnknownColumn,
     UnknownOperator,
 )
+from exporter.keys import NO_RESTRICTION, Restriction
 
 QUERY_PARAMETERS = frozenset({"columns", "order", "limit", "after"})
 CSV_PARAMETERS = frozenset({"header", "delimiter", "null", "bom"})
@@ -107,18 +109,31 @@ class ExportQuery:
         return self.source.c[name]  # type: ignore[no-any-return]
 
 
-def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: str) -> ExportQuery:
-    """Validate every parameter against the dataset; errors name the offending parameter."""
+def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: str,
+                restriction: Restriction = NO_RESTRICTION) -> ExportQuery:
+    """Validate every parameter against the dataset; errors name the offending parameter.
+
+    A key's `restriction` hides every column it does not list (naming one in `columns`, a filter or `order` is
+    Forbidden), makes its columns the default set, ANDs its filters in whatever the parameters say, and asks for
+    at most max_rows + 1 rows (the pipeline aborts an export that gets that far).
+    """
     single = _single_values(params)
     names = list(dataset.columns)
     source = _source(dataset, names)
-    selected = _columns(dataset, single.get("columns"))
+    visible = restriction.columns
+    for name, raw in params:
+        if visible is not None:
+            _check_visible(dataset, visible, name, raw)
+    default = ",".join(visible) if visible is not None else None
+    selected = _columns(dataset, single["columns"] if "columns" in single else default)
     stmt = select(*(_selected(source, c, dialect) for c in selected)).select_from(source)
 
     for name, raw in params:
         if name in QUERY_PARAMETERS or name in CSV_PARAMETERS:
             continue
         stmt = stmt.where(_filter(dataset, source, name, raw, dialect))
+    for name, raw in restriction.filters:
+        stmt = stmt.where(_filter(dataset, source, name, raw, dialect, operator_set=True))
 
     order = _order(dataset, single.get("order"))
     if "after" in single:
@@ -138,7 +153,24 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
         if not re.fullmatch(r"[0-9]+", limit) or int(limit) > _INT64[1]:
             raise InvalidParameter("limit must be a whole number, 0 or more", parameter="limit")
         stmt = stmt.limit(int(limit))
+    if restriction.max_rows is not None and ("limit" not in single or int(single["limit"]) > restriction.max_rows):
+        stmt = stmt.limit(restriction.max_rows + 1)
     return ExportQuery(stmt, selected, source)
+
+
+def _check_visible(dataset: Dataset, visible: tuple[str, ...], name: str, raw: str) -> None:
+    """Forbidden for a parameter that names a column the key may not see."""
+    if name == "columns":
+        named = raw.split(",")
+    elif name == "order":
+        named = [item.removeprefix("-") for item in raw.split(",")]
+    elif name in QUERY_PARAMETERS or name in CSV_PARAMETERS:
+        return
+    else:
+        named = [name.partition("__")[0]]
+    for column_name in named:
+        if column_name in dataset.columns and column_name not in visible:
+            raise Forbidden(f"{name}: this key may not read column {column_name!r}", parameter=name)
 
 
 def _selected(source: Any, col: Column, dialect: str) -> ColumnElement[Any]:
@@ -181,7 +213,9 @@ def _columns(dataset: Dataset, raw: str | None) -> list[Column]:
     return [dataset.columns[n] for n in names]
 
 
-def _filter(dataset: Dataset, source: Any, name: str, raw: str, dialect: str) -> ColumnElement[bool]:
+def _filter(dataset: Dataset, source: Any, name: str, raw: str, dialect: str, operator_set: bool = False
+            ) -> ColumnElement[bool]:
+    """The comparison `name=raw` asks for; `operator_set` for a key's row filter, which may use any column."""
     column_name, _, op = name.partition("__")
     op = op or "eq"
     if column_name not in dataset.columns:
@@ -189,7 +223,7 @@ def _filter(dataset: Dataset, source: Any, name: str, raw: str, dialect: str) ->
             f"{name}: no column {column_name!r} in dataset {dataset.name!r} (nor a known parameter)",
             parameter=name,
         )
-    if column_name not in dataset.config.filterable:
+    if column_name not in dataset.config.filterable and not operator_set:
         raise ColumnNotFilterable(f"{name}: column {column_name!r} cannot be filtered", parameter=name)
     if op not in OPERATORS:
         raise UnknownOperator(

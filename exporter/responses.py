@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import quote
 
 import anyio
@@ -14,8 +14,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from exporter.chunks import iter_file_chunks
-from exporter.errors import ExportError, error_response
+from exporter.errors import ExportError, RevokedToken, error_response
 from exporter.files import Target, if_range_holds, is_not_modified
+from exporter.limits import Hold
 from exporter.ranges import parse_range, range_body
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def download_headers(filename: str, media_type: str, extra: Mapping[str, str] | 
     }
 
 
-def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int = 200) -> Response:
+def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int = 200,
+                    hold: Hold | None = None) -> Response:
     """A response that waits for the first chunk before it starts, then sends it and the rest as they come.
     Chunked, unless `headers` carry a Content-Length, which the chunks must then fill exactly.
 
@@ -44,17 +46,22 @@ def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], st
     produces a 200. A client that leaves, even while the first chunk is awaited, cancels the producer.
     An error after the first byte propagates to the server, which then drops the connection without the
     final chunk (or short of the Content-Length): the client sees an incomplete transfer rather than a clean
-    end. `chunks` is closed in every case.
+    end. `chunks` is closed in every case. A `hold` (see limits.py) is released when the response ends, and its
+    key being revoked stops the download the same way.
     """
-    return ChunkedResponse(chunks, headers, status_code)
+    return ChunkedResponse(chunks, headers, status_code, hold)
 
 
 def file_response(request: Request, target: Target, chunk_bytes: int, extra: Mapping[str, str],
-                  content_type: str | None = None) -> Response:
+                  content_type: str | None = None, hold: Hold | None = None,
+                  wrap: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None) -> Response:
     """GET or HEAD of a regular file: 304 for a matching If-None-Match or If-Modified-Since, single and multiple
-    ranges (honouring If-Range), else the whole file; with its validators and `extra` headers."""
+    ranges (honouring If-Range), else the whole file; with its validators and `extra` headers. `wrap` (the
+    export log's recorder) goes around the file's chunks; `hold` is released when the response ends."""
     validators = target.validators()
     if is_not_modified(target, request.headers.get("if-none-match"), request.headers.get("if-modified-since")):
+        if hold is not None:
+            hold.release()
         return Response(status_code=304, headers={**validators, **extra})
     content_type = content_type or target.content_type
     spans = None
@@ -64,14 +71,14 @@ def file_response(request: Request, target: Target, chunk_bytes: int, extra: Map
     headers = download_headers(target.name, content_type,
                                {**validators, **extra, "Accept-Ranges": "bytes", **body.headers})
     if request.method == "HEAD":
-        return head_response(headers)
+        return head_response(headers, hold=hold)
     chunks = iter_file_chunks(target.path, body.parts, chunk_bytes, expected=target.stat)
-    return stream_response(chunks, headers, body.status)
+    return stream_response(wrap(chunks) if wrap is not None else chunks, headers, body.status, hold)
 
 
-def head_response(headers: Mapping[str, str], status_code: int = 200) -> Response:
+def head_response(headers: Mapping[str, str], status_code: int = 200, hold: Hold | None = None) -> Response:
     """The headers a GET would get, and no body."""
-    return ChunkedResponse(_nothing(), headers, status_code)
+    return ChunkedResponse(_nothing(), headers, status_code, hold)
 
 
 async def _nothing() -> AsyncIterator[bytes]:
@@ -79,30 +86,51 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 class ChunkedResponse(Response):
-    def __init__(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], headers: Mapping[str, str], status_code: int,
+                 hold: Hold | None = None) -> None:
         # Not Response.__init__: it would add Content-Length for the empty `body`.
         self.status_code = status_code
         self.background = None
         self.init_headers(headers)
         self._chunks = chunks
+        self._hold = hold
+        self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
+        stopped = False
+        try:
+            async with anyio.create_task_group() as group:
 
-            async def cancel_on_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                group.cancel_scope.cancel()
+                async def cancel_on_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
 
-            group.start_soon(cancel_on_disconnect)
-            try:
-                await self._send(scope, receive, send)
-            except OSError:
-                pass  # the client went away while we were writing to it
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._chunks.aclose()  # type: ignore[attr-defined]
-                group.cancel_scope.cancel()
+                async def stop_when_the_key_stops(hold: Hold) -> None:
+                    nonlocal stopped
+                    await hold.stopped.wait()
+                    stopped = True
+                    group.cancel_scope.cancel()
+
+                group.start_soon(cancel_on_disconnect)
+                if self._hold is not None:
+                    group.start_soon(stop_when_the_key_stops, self._hold)
+                try:
+                    await self._send(scope, receive, send)
+                except OSError:
+                    pass  # the client went away while we were writing to it
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._chunks.aclose()  # type: ignore[attr-defined]
+                    group.cancel_scope.cancel()
+        finally:
+            if self._hold is not None:
+                self._hold.release()
+        if stopped:
+            error = RevokedToken("the key was revoked or expired during the download")
+            if self._started:
+                raise error  # the server drops the connection: an incomplete transfer, never a clean end
+            await error_response(error)(scope, receive, send)
 
     async def _send(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -111,6 +139,7 @@ class ChunkedResponse(Response):
             await error_response(error)(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        self._started = True
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
         async for chunk in self._chunks:

@@ -24,13 +24,14 @@ from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import ExportError
 from exporter.exports import ExportRecord, export_media_type, iter_export, open_chunks, prepare_export
-from exporter.jobs import Jobs, Result, filename, progress_json
+from exporter.jobs import Jobs, Result, filename, now, progress_json
+from exporter.keys import Keys, Restriction
 from exporter.models import Job
 from exporter.results import write_result
 
 log = logging.getLogger(__name__)
 
-JANITOR_SECONDS = 5.0
+JANITOR_SECONDS = 2.0  # also how soon the jobs of a revoked key stop
 MAX_SILENCE_SECONDS = 2.0  # a running job reports progress at least this often, even when no row arrived
 RETRY_SECONDS = 2.0  # after a database error in a worker's own bookkeeping
 
@@ -41,7 +42,8 @@ async def run_jobs(settings: Settings, catalog: Catalog, log_engine: AsyncEngine
     they run is handed back to the queue. The jobs' bookkeeping has its own small pool, so busy exports never
     delay it; its sessions are named exporter-jobs in pg_stat_activity."""
     engine = create_db_engine(settings.database_url, application_name="exporter-jobs")
-    runner = Runner(settings, Jobs(engine, events.Notifier(), settings, export_media_type), catalog, log_engine)
+    runner = Runner(settings, Jobs(engine, events.Notifier(), settings, export_media_type), Keys(engine), catalog,
+                    log_engine)
     runner.start(settings.job_workers)
     try:
         yield runner
@@ -56,9 +58,11 @@ class Runner:
     """`workers` job workers, a janitor and (on PostgreSQL) the notification listener, as asyncio tasks of this
     process. stop() hands every running job back to the queue."""
 
-    def __init__(self, settings: Settings, jobs: Jobs, catalog: Catalog, log_engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings, jobs: Jobs, keys: Keys, catalog: Catalog, log_engine: AsyncEngine
+                 ) -> None:
         self._settings = settings
         self.jobs = jobs
+        self.keys = keys
         self._jobs = jobs
         self._catalog = catalog
         self._log_engine = log_engine
@@ -100,7 +104,8 @@ class Runner:
     async def _run(self, job: Job, owner: str) -> None:
         """Run one claimed job to its end: succeeded, failed, or stopped because it was cancelled or its lease was
         lost. Cancelling this (shutdown) stops the export, removes its partial file and hands the job back."""
-        record = ExportRecord(job.dataset, job.format, {name: [value] for name, value in job.params.items()}, None)
+        record = ExportRecord(job.dataset, job.format, {name: [value] for name, value in job.params.items()}, None,
+                              kind="job_run", resource=job.id)
         export = asyncio.create_task(self._export(job, record))
         try:
             if not await self._watch(job, owner, record, export):
@@ -149,10 +154,12 @@ class Runner:
         return True
 
     async def _export(self, job: Job, record: ExportRecord) -> tuple[int, str]:
-        export = await prepare_export(self._catalog, filename(job), list(job.params.items()))
+        export = await prepare_export(self._catalog, filename(job), list(job.params.items()),
+                                      Restriction.from_json(job.restriction))
         chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
                              wait_for_slot=True)
-        body = iter_export(chunks, gzip=export.gzip_file, record=record, log_engine=self._log_engine)
+        body = iter_export(chunks, gzip=export.gzip_file, record=record, log_engine=self._log_engine,
+                           max_rows=export.max_rows)
         return await write_result(body, self._part(job.id, job.attempt), self._jobs.result_path(job))
 
     def _part(self, job_id: str, attempt: int) -> Path:
@@ -162,6 +169,7 @@ class Runner:
         while True:
             try:
                 await self._jobs.requeue_lost()
+                await self._jobs.fail_unauthorised(await self.keys.unusable(await self._jobs.owners(), now()))
                 await self._jobs.expire_due()
                 await self._sweep_parts()
             except Exception:

@@ -173,7 +173,7 @@ def exporter(directory: Path, chunk_bytes: int) -> Iterator[tuple[int, str]]:
     port = free_port()
     config = WORK / f"exporter-{chunk_bytes}.toml"
     config.write_text(f'[files.roots]\nbench = "{directory}"\n')
-    env = {"EXPORTER_CONFIG": str(config), "EXPORTER_FILE_CHUNK_BYTES": str(chunk_bytes),
+    env = {"EXPORTER_CONFIG": str(config), "EXPORTER_FILE_CHUNK_BYTES": str(chunk_bytes), "EXPORTER_AUTH": "off",
            "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{WORK / 'exporter.db'}"}
     url = f"http://127.0.0.1:{port}/files/bench/{FILE_NAME}"
     with running(f"exporter-{chunk_bytes}", [str(EXPORTER), "serve", "--port", str(port)], url, env) as pid:

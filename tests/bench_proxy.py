@@ -243,7 +243,8 @@ def exporter(upstream: str, read_bytes: int | None = None) -> Iterator[tuple[int
     port = free_port()
     config = WORK / "exporter.toml"
     config.write_text(f'[upstreams.bench]\nbase_url = "{upstream}"\n')
-    env = {"EXPORTER_CONFIG": str(config), "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{WORK / 'exporter.db'}"}
+    env = {"EXPORTER_CONFIG": str(config), "EXPORTER_AUTH": "off",
+           "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{WORK / 'exporter.db'}"}
     if read_bytes is None:
         name, command = "exporter", [str(EXPORTER), "serve", "--port", str(port)]
     else:

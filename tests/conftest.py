@@ -69,6 +69,7 @@ class Database:
         default = Settings.from_environ({})
         data: dict[str, Any] = {
             "database_url": self.url,
+            "auth": "off",  # the export, file and proxy tests are about those; tests/routes/test_auth.py turns it on
             "datasets": {
                 name: {k: v for k, v in vars(config).items() if k != "name" and v is not None}
                 for name, config in default.datasets.items()

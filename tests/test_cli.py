@@ -33,7 +33,8 @@ def free_port() -> int:
 
 
 def test_migrate_seed_and_serve_give_every_seeded_row_to_curl(tmp_path: Path) -> None:
-    env = {**os.environ, "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'var' / 'exporter.db'}"}
+    env = {**os.environ, "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'var' / 'exporter.db'}",
+           "EXPORTER_AUTH": "off", "EXPORTER_JOBS_DIR": str(tmp_path / "jobs")}  # as `make run` serves the demo
     env.pop("EXPORTER_CONFIG", None)
     assert run(env, "migrate").returncode == 0
     assert run(env, "seed-demo", "--if-missing", "--rows", "1500").returncode == 0
@@ -41,7 +42,7 @@ def test_migrate_seed_and_serve_give_every_seeded_row_to_curl(tmp_path: Path) ->
     assert "not seeding" in again.stdout
     port = free_port()
     server = subprocess.Popen([EXPORTER, "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -56,7 +57,8 @@ def test_migrate_seed_and_serve_give_every_seeded_row_to_curl(tmp_path: Path) ->
                               capture_output=True, check=True, timeout=60)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        _, log = server.communicate(timeout=30)
+    assert "EXPORTER_AUTH=off" in log  # the demo warns that anyone may read everything
     rows = list(csv.reader(io.StringIO(curl.stdout.decode(), newline="")))
     assert rows[0][0] == "id"
     assert [int(row[0]) for row in rows[1:]] == list(range(1, 1501))

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exporter.app import create_app
+from exporter.cli import migrate
 from exporter.config import Settings
 from tests.servers import ServerThread
 
@@ -103,7 +104,9 @@ class Origin:
 def files_upstream(directory: Path, database: Path) -> ServerThread:
     """The service's own /files, serving `directory` as root `r`: a file server with ranges, ETags and conditional
     requests. Start it with `with`."""
-    settings = Settings.from_dict({"database_url": f"sqlite+aiosqlite:///{database}",
+    url = f"sqlite+aiosqlite:///{database}"
+    migrate(url)
+    settings = Settings.from_dict({"database_url": url, "auth": "off", "job_workers": 0,
                                    "files": {"roots": {"r": str(directory)}}})
     return ServerThread(create_app(settings))
 

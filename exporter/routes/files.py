@@ -5,8 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from exporter.deps import SettingsDep
+from exporter.auth import CallerDep, require
+from exporter.deps import EngineDep, LimitsDep, SettingsDep
+from exporter.exports import ExportRecord, iter_recorded
 from exporter.files import list_directory, resolve
+from exporter.limits import released_on_error
 from exporter.responses import file_response
 
 router = APIRouter(tags=["files"])
@@ -16,16 +19,26 @@ CACHE_CONTROL = {"Cache-Control": "no-cache"}
 
 
 @router.api_route("/files/{root}", methods=["GET", "HEAD"], response_class=Response)
-async def root_directory(root: str, settings: SettingsDep) -> Response:
+async def root_directory(root: str, settings: SettingsDep, caller: CallerDep) -> Response:
+    require(caller, "files", root)
     target = await resolve(settings.file_roots, root, "")
     return RedirectResponse(target.slash_location(), status_code=308)
 
 
 @router.api_route("/files/{root}/{path:path}", methods=["GET", "HEAD"], response_class=Response)
-async def file(root: str, path: str, request: Request, settings: SettingsDep) -> Response:
+async def file(root: str, path: str, request: Request, settings: SettingsDep, caller: CallerDep, limits: LimitsDep,
+               engine: EngineDep) -> Response:
+    require(caller, "files", root)
     target = await resolve(settings.file_roots, root, path)
     if target.is_directory:
         if path and not path.endswith("/"):
             return RedirectResponse(target.slash_location(), status_code=308)
         return JSONResponse(await list_directory(target))
-    return file_response(request, target, settings.file_chunk_bytes, CACHE_CONTROL)
+    if request.method == "HEAD":
+        return file_response(request, target, settings.file_chunk_bytes, CACHE_CONTROL)
+    record = ExportRecord(root, "file", {}, request.client.host if request.client else None, kind="file",
+                          key_name=caller.name, resource=target.relative)
+    hold = await limits.admit(caller)
+    with released_on_error(hold):
+        return file_response(request, target, settings.file_chunk_bytes, CACHE_CONTROL, hold=hold,
+                             wrap=lambda chunks: iter_recorded(chunks, record, engine))

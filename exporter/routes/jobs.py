@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
@@ -13,12 +14,24 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from exporter.auth import CallerDep, authenticate, check_link, require
 from exporter.config import FileRootConfig
-from exporter.deps import CatalogDep, JobsDep, SettingsDep
-from exporter.errors import InvalidParameter, JobExpired
-from exporter.exports import EXPORT_FORMATS, Export, export_media_type, prepare_export
+from exporter.deps import CatalogDep, EngineDep, JobsDep, LimitsDep, SettingsDep
+from exporter.errors import InvalidParameter, JobExpired, RevokedToken
+from exporter.exports import (
+    EXPORT_FORMATS,
+    Export,
+    ExportRecord,
+    export_media_type,
+    grouped,
+    iter_recorded,
+    prepare_export,
+    write_log,
+)
 from exporter.files import Target
 from exporter.jobs import STATES, TERMINAL, JobRequest, Jobs, filename
+from exporter.keys import ANONYMOUS, Caller, caller_of
+from exporter.limits import Limits, released_on_error
 from exporter.models import Job
 from exporter.responses import file_response
 
@@ -40,22 +53,35 @@ class JobSubmission(BaseModel):
 
 
 @router.post("/jobs", status_code=202, response_class=JSONResponse)
-async def create_job(submission: JobSubmission, request: Request, catalog: CatalogDep, jobs: JobsDep) -> Response:
+async def create_job(submission: JobSubmission, request: Request, catalog: CatalogDep, caller: CallerDep
+                     ) -> Response:
+    require(caller, "dataset", submission.dataset)
     if submission.format not in EXPORT_FORMATS:
         raise InvalidParameter(f"format must be one of {', '.join(EXPORT_FORMATS)}", parameter="format")
     params = list(submission.params.items())
-    export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params)
-    return await submit_job(jobs, export, params, request.headers.get("idempotency-key"))
+    export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,
+                                  caller.restriction(submission.dataset))
+    return await submit_job(request, caller, export, params)
 
 
-async def submit_job(jobs: Jobs, export: Export, params: list[tuple[str, str]], idempotency_key: str | None
-                     ) -> Response:
-    """202 with the new job, or 200 with the one an earlier request with this Idempotency-Key created."""
+async def submit_job(request: Request, caller: Caller, export: Export, params: list[tuple[str, str]]) -> Response:
+    """202 with the new job, or 200 with the one an earlier request with this Idempotency-Key created; the
+    submission is recorded in the export log."""
+    idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidParameter("Idempotency-Key must be 1 to 255 visible ASCII characters",
                                parameter="Idempotency-Key")
-    request = JobRequest(export.dataset.name, export.format, dict(params))
-    job, created = await jobs.submit(request, idempotency_key)
+    jobs: Jobs = request.app.state.jobs
+    limits: Limits = request.app.state.limits
+    hold = await limits.admit(caller)  # refused at the key's limit; the job counts itself from now on
+    if hold is not None:
+        hold.release()
+    job, created = await jobs.submit(JobRequest(export.dataset.name, export.format, dict(params), caller.key_id,
+                                                caller.restriction(export.dataset.name)), idempotency_key)
+    record = ExportRecord(export.dataset.name, export.format, grouped(params),
+                          request.client.host if request.client else None, kind="job", key_name=caller.name,
+                          resource=job.id)
+    await write_log(request.app.state.engine, record, "completed", None)
     return JSONResponse(jobs.json(job), status_code=202 if created else 200,
                         headers={"Location": f"/jobs/{job.id}", "Preference-Applied": "respond-async"})
 
@@ -66,33 +92,38 @@ def prefers_async(prefer: str | None) -> bool:
         item.split(";")[0].strip().lower() == "respond-async" for item in prefer.split(","))
 
 
+def _owner(caller: Caller) -> str | None:
+    """Whose jobs the caller sees: its own, or (admin, or auth off) everyone's."""
+    return None if caller.admin else caller.key_id
+
+
 @router.get("/jobs", response_class=JSONResponse)
-async def list_jobs(jobs: JobsDep, state: str | None = None,
+async def list_jobs(jobs: JobsDep, caller: CallerDep, state: str | None = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
     if state is not None and state not in STATES:
         raise InvalidParameter(f"state must be one of {', '.join(STATES)}", parameter="state")
-    return JSONResponse({"jobs": [jobs.json(job) for job in await jobs.newest(state, limit)]})
+    return JSONResponse({"jobs": [jobs.json(job) for job in await jobs.newest(state, limit, _owner(caller))]})
 
 
 @router.get("/jobs/{job_id}", response_class=JSONResponse)
-async def get_job(job_id: str, jobs: JobsDep) -> Response:
-    return JSONResponse(jobs.json(await jobs.get(job_id)))
+async def get_job(job_id: str, jobs: JobsDep, caller: CallerDep) -> Response:
+    return JSONResponse(jobs.json(await jobs.get(job_id, _owner(caller))))
 
 
 @router.delete("/jobs/{job_id}", response_class=JSONResponse)
-async def delete_job(job_id: str, jobs: JobsDep) -> Response:
-    return JSONResponse(jobs.json(await jobs.delete(job_id)))
+async def delete_job(job_id: str, jobs: JobsDep, caller: CallerDep) -> Response:
+    return JSONResponse(jobs.json(await jobs.delete(job_id, _owner(caller))))
 
 
 @router.get("/jobs/{job_id}/events", response_class=Response)
-async def job_events(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep,
+async def job_events(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep, caller: CallerDep,
                      last_event_id: str | None = None) -> Response:
     """The job's event stream (WHATWG Server-Sent Events), resumable with Last-Event-ID or ?last_event_id=."""
     if last_event_id is not None and not last_event_id.isdigit():
         raise InvalidParameter("last_event_id must be an event id (a whole number)", parameter="last_event_id")
     header = request.headers.get("last-event-id", "").strip()
     after = int(header) if header.isdigit() else int(last_event_id) if last_event_id is not None else None
-    job = await jobs.get(job_id)
+    job = await jobs.get(job_id, _owner(caller))
     if job.state in TERMINAL and after is not None and after >= job.last_event_id:
         return Response(status_code=204)  # it has seen the end: 204 tells EventSource to stop reconnecting
     return EventSourceResponse(
@@ -108,8 +139,17 @@ async def _sse(jobs: Jobs, job: Job, after: int | None) -> AsyncIterator[ServerS
 
 
 @router.api_route("/jobs/{job_id}/result", methods=["GET", "HEAD"], response_class=Response)
-async def job_result(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep) -> Response:
-    job = await jobs.get(job_id)
+async def job_result(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep, limits: LimitsDep,
+                     engine: EngineDep, expires: str | None = None, signature: str | None = None) -> Response:
+    """The result for its owner's key, or for anyone with a signed link (what `result.url` holds with auth on),
+    which works without a header as long as the link is fresh and its key valid."""
+    if signature is not None and jobs.link_secret is not None:
+        check_link(jobs.link_secret, job_id, expires or "", signature)
+        job = await jobs.get(job_id)
+        caller = await _link_caller(request, job.owner_key)
+    else:
+        caller = await authenticate(request)
+        job = await jobs.get(job_id, _owner(caller))
     path = jobs.finished_result(job)
     try:
         info = await anyio.Path(path).stat()
@@ -118,4 +158,22 @@ async def job_result(job_id: str, request: Request, jobs: JobsDep, settings: Set
     target = Target(FileRootConfig("jobs", path.parent), filename(job), path, info)
     digest = base64.b64encode(bytes.fromhex(job.result_sha256 or "")).decode()
     extra = {**CACHE_CONTROL, "Repr-Digest": f"sha-256=:{digest}:", "X-Export-Rows": str(job.result_rows)}
-    return file_response(request, target, settings.file_chunk_bytes, extra, export_media_type(job.format))
+    if request.method == "HEAD":
+        return file_response(request, target, settings.file_chunk_bytes, extra, export_media_type(job.format))
+    record = ExportRecord(job.dataset, job.format, {}, request.client.host if request.client else None,
+                          kind="job_result", key_name=caller.name, resource=job.id)
+    hold = await limits.admit(caller)
+    with released_on_error(hold):
+        return file_response(request, target, settings.file_chunk_bytes, extra, export_media_type(job.format),
+                             hold, lambda chunks: iter_recorded(chunks, record, engine))
+
+
+async def _link_caller(request: Request, owner_key: str | None) -> Caller:
+    """The key a signed link speaks for: its job's owner, which must still be valid."""
+    if owner_key is None:
+        return ANONYMOUS
+    key = await request.app.state.keys.find(owner_key)
+    now = datetime.now(UTC)
+    if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+        raise RevokedToken("the key this link was made for was revoked or has expired")
+    return caller_of(key)

@@ -53,7 +53,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def settings(root: Path, tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings.from_dict({"database_url": f"sqlite+aiosqlite:///{tmp_path / 'service.db'}",
+    return Settings.from_dict({"database_url": f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", "auth": "off",
                                "files": {"roots": {"r": str(root)}}, **overrides})
 
 

@@ -54,13 +54,13 @@ def settings(db: Database, tmp_path: Path, **overrides: Any) -> Settings:
     return db.settings(jobs_dir=str(tmp_path / "jobs"), **overrides)
 
 
-def make_slow(pg: Database) -> None:
+def make_slow(pg: Database, sleep_seconds: float = 0.02) -> None:
     """The view `slow`: 200,000 rows in key order, every 1000th waits 20 ms, so a job of it runs for seconds."""
     pg.execute(
         "DROP VIEW IF EXISTS slow", "DROP TABLE IF EXISTS slow_rows",
         "CREATE TABLE slow_rows AS SELECT g::bigint AS id, md5(g::text) AS digest FROM generate_series(1, 200000) g",
         "ALTER TABLE slow_rows ADD PRIMARY KEY (id)",
-        "CREATE VIEW slow AS SELECT * FROM slow_rows WHERE id % 1000 <> 0 OR pg_sleep(0.02)::text = ''",
+        f"CREATE VIEW slow AS SELECT * FROM slow_rows WHERE id % 1000 <> 0 OR pg_sleep({sleep_seconds})::text = ''",
     )
 
 

@@ -116,7 +116,7 @@ def test_a_stalled_file_download_is_cut_off_and_its_file_closed(serve: Serve, tm
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(range(256)) * (64 * 1024))  # 16 MiB, far more than the socket buffers hold
     server = serve(Settings.from_dict({"files": {"roots": {"data": str(tmp_path)}}, "send_timeout_seconds": 1,
-                                       "job_workers": 0}))
+                                       "job_workers": 0, "auth": "off"}))
     with stalled(server, "/files/data/big.bin") as reader:
         assert open_handles(big) == 1
         wait_for(lambda: open_handles(big) == 0)

@@ -46,7 +46,7 @@ DATA = random.Random(23).randbytes(24 * 1024 * 1024 + 12_345)
 
 
 def proxy_settings(tmp_path: Path, **upstreams: dict[str, Any]) -> Settings:
-    return Settings.from_dict({"database_url": f"sqlite+aiosqlite:///{tmp_path / 'service.db'}",
+    return Settings.from_dict({"database_url": f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", "auth": "off",
                                "upstreams": upstreams}, {TOKEN_VARIABLE: TOKEN})
 
 
