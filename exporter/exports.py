@@ -17,7 +17,7 @@ from exporter.capacity import iter_limited
 from exporter.compression import iter_gzip
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
-from exporter.errors import RowLimitExceeded
+from exporter.errors import Busy, RowLimitExceeded
 from exporter.keys import NO_RESTRICTION, Restriction
 from exporter.models import ExportLogEntry
 from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
@@ -191,6 +191,8 @@ async def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, Busy):
+            outcome = "limited"  # refused for capacity before any byte, as a 429 is
         if record.bytes:
             log.error("%s of %s aborted after %d bytes: %s", record.kind, record.dataset, record.bytes, error)
         raise

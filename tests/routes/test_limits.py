@@ -45,6 +45,7 @@ def test_saturated_export_slots_answer_503_busy_at_once_while_health_files_and_d
     db: Database, serve: Serve, tmp_path: Path
 ) -> None:
     db.seed_demo(50_000)
+    db.execute("DELETE FROM export_log")
     (tmp_path / "report.txt").write_bytes(b"still served\n")
     # One reserved connection: /datasets and the export log must make do with it while both slots are taken.
     server = serve(db.settings(batch_rows=100, export_slots=2, reserved_slots=1, datasets=ORDERS_AGAIN,
@@ -65,6 +66,9 @@ def test_saturated_export_slots_answer_503_busy_at_once_while_health_files_and_d
     after = httpx.get(f"{server.url}/exports/orders.csv", params={"limit": "1"}, timeout=CLIENT_TIMEOUT)
     assert after.status_code == 200
     assert after.text.count("\n") == 2
+    limited = [e for e in export_log(db, "orders") if e["outcome"] == "limited"]
+    assert [(e["rows"], e["bytes"]) for e in limited] == [(0, 0)]
+    assert limited[0]["error"].startswith("Busy: ")
 
 
 def test_a_job_waits_for_a_free_export_slot_instead_of_failing(db: Database, serve: Serve, tmp_path: Path) -> None:
