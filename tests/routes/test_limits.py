@@ -1,5 +1,5 @@
-"""Limits over a real server: export slots (503 busy at once, jobs wait), stalled clients cut off after the send
-timeout, and the statement timeout on the wait for an export's first chunk."""
+"""Limits over a real server: export slots (503 busy at once, jobs wait), stalled clients (export, file, relay)
+cut off after the send timeout, and the statement timeout on the wait for an export's first chunk."""
 
 from __future__ import annotations
 
@@ -126,6 +126,22 @@ def test_a_stalled_file_download_is_cut_off_and_its_file_closed(serve: Serve, tm
         wait_for(lambda: open_handles(big) == 0)
         rest = reader.read_rest()
     assert len(rest) < big.stat().st_size  # short of the Content-Length
+
+
+def test_a_stalled_relay_is_cut_off_and_its_upstream_request_closed(serve: Serve, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (64 * 1024))
+    # The upstream is another server's /files with the default send timeout: it keeps the file open for as long
+    # as the relay keeps its request open, so the file's handle shows when the relay lets go.
+    upstream = serve(Settings.from_dict({"files": {"roots": {"data": str(tmp_path)}}, "job_workers": 0,
+                                         "auth": "off"}))
+    proxy = serve(Settings.from_dict({"upstreams": {"store": {"base_url": f"{upstream.url}/files/data"}},
+                                      "send_timeout_seconds": 1, "job_workers": 0, "auth": "off"}))
+    with stalled(proxy, "/proxy/store/big.bin") as reader:
+        assert open_handles(big) == 1
+        wait_for(lambda: open_handles(big) == 0)
+        rest = reader.read_rest()
+    assert len(rest) < big.stat().st_size
 
 
 def test_the_statement_timeout_answers_504_before_any_byte_and_cancels_the_query(
