@@ -1,14 +1,15 @@
-"""Console script `exporter`: serve, worker, migrate, seed-demo, keys, audit."""
+"""Console script `exporter`: serve, worker, migrate, seed-demo, keys, audit, check-config."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="allow EXPORTER_AUTH=off on a host other than loopback")
     commands.add_parser("worker", help="run export job workers (EXPORTER_JOB_WORKERS) without HTTP")
+    commands.add_parser("check-config", help="load the configuration, reach every database, list what would be "
+                        "served; exit 1 on any problem")
     commands.add_parser("migrate", help="create or upgrade the service's own tables (alembic upgrade head)")
     seed = commands.add_parser("seed-demo", help="(re)create the demo table `orders` with deterministic rows")
     seed.add_argument("--rows", type=int, default=100_000)
@@ -54,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"exporter: {exc}", file=sys.stderr)
             return 2
+    if args.command == "check-config":
+        from exporter.checks import check_config
+
+        return 1 if asyncio.run(check_config(settings, str(MIGRATIONS))) else 0
     if args.command == "worker":
         return asyncio.run(_work(settings))
     if args.command == "migrate":
@@ -77,6 +84,18 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     app = create_app(settings)
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """As uvicorn's, but without raising the signal again once the graceful shutdown is done: uvicorn does,
+            so the process died by SIGTERM (exit status 143) although it had stopped cleanly. Like `exporter
+            worker`, a stopped server exits 0."""
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             # Running jobs go back to the queue at once, not after the open downloads have ended.

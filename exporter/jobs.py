@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -207,10 +207,12 @@ class Jobs:
         async with self.engine.connect() as conn:
             return list(await conn.execute(query))
 
-    async def iter_events(self, job: Job, after: int | None) -> AsyncIterator[tuple[int, str, str]]:
+    async def iter_events(self, job: Job, after: int | None, stopping: Callable[[], bool] = lambda: False
+                          ) -> AsyncIterator[tuple[int, str, str]]:
         """The job's event stream as (id, type, JSON text), ids strictly increasing: first a `state` snapshot of
         the job as read, then every stored event after `after` (or, without it, only those to come; for a
-        finished job its terminal event), live as they are stored, until a terminal event has been sent."""
+        finished job its terminal event), live as they are stored, until a terminal event has been sent, or
+        until `stopping()` (checked at least each poll) says the server is shutting down."""
         if after is None:
             after = job.last_event_id - 1 if job.state in TERMINAL else job.last_event_id
         cursor = min(after, job.last_event_id)
@@ -221,7 +223,7 @@ class Jobs:
                 for event_id, kind, data in batch:
                     yield event_id, kind, data
                     cursor = event_id
-                if batch and batch[-1].type in TERMINAL:
+                if (batch and batch[-1].type in TERMINAL) or stopping():
                     return
                 if not batch:
                     await events.wait(woken)
@@ -321,7 +323,7 @@ class Jobs:
                                      ["state"])
         if changed is not None:
             await self.announce_positions()
-            self.notifier.wake(events.QUEUE)
+            await self._announce_queued()
 
     async def requeue_lost(self) -> int:
         """Running jobs whose lease expired (their process died) go back to the queue, or fail after
@@ -340,11 +342,11 @@ class Jobs:
                                    ["state", "failed"])
             else:
                 await self._change(job.id, expired,
-                                   {"state": "queued", "rows": 0, "bytes": 0, "lease_owner": None,
-                                    "lease_expires_at": None}, ["state"])
+                                   {"state": "queued", "started_at": None, "rows": 0, "bytes": 0,
+                                    "lease_owner": None, "lease_expires_at": None}, ["state"])
         if lost:
             await self.announce_positions()
-            self.notifier.wake(events.QUEUE)
+            await self._announce_queued()
         return len(lost)
 
     async def expire_due(self) -> int:
@@ -401,6 +403,13 @@ class Jobs:
                     await events.announce(conn, row["job_id"])
         for row in rows:
             self.notifier.wake(row["job_id"])
+
+    async def _announce_queued(self) -> None:
+        """Wake the idle workers of every replica, not only this one's: a job went back to the queue. After a
+        hand-back this process's own workers are stopping, so only another replica can take the job."""
+        async with self.engine.begin() as conn:
+            await events.announce(conn, events.QUEUE)
+        self.notifier.wake(events.QUEUE)
 
     def _owned(self, owner: str) -> list[ColumnElement[bool]]:
         return [Job.state == "running", Job.lease_owner == owner]

@@ -103,3 +103,24 @@ def test_seed_demo_has_the_documented_mix_of_values(db: Database) -> None:
                          ", ".join(f":n{i}" for i in range(len(AWKWARD_NOTES))) + ")",
                          **{f"n{i}": note for i, note in enumerate(AWKWARD_NOTES)})
     assert awkward[0].n == pytest.approx(500, rel=0.05)
+
+
+def test_check_config_lists_what_would_be_served_and_exits_1_on_a_problem(pg: Database, tmp_path: Path) -> None:
+    pg.seed_demo(10)
+    (tmp_path / "reports").mkdir()
+    config = tmp_path / "exporter.toml"
+    config.write_text(f'[datasets.orders]\ntable = "orders"\nkey = "id"\n[datasets.ghost]\ntable = "no_such_table"\n'
+                      f'key = "id"\n[files.roots]\nreports = "{tmp_path / "reports"}"\n')
+    env = {**os.environ, "EXPORTER_DATABASE_URL": pg.url, "EXPORTER_CONFIG": str(config)}
+    checked = run(env, "check-config")
+    assert checked.returncode == 1
+    assert "ok   dataset orders: 10 columns, key id" in checked.stdout
+    assert "ok   file root reports" in checked.stdout
+    assert "FAIL dataset ghost" in checked.stdout and "Traceback" not in checked.stdout + checked.stderr
+    config.write_text('[datasets.orders]\ntable = "orders"\nkey = "id"\n')
+    assert run(env, "check-config").returncode == 0
+    unreachable = run({**env, "EXPORTER_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/x"},
+                      "check-config")
+    assert unreachable.returncode == 1 and "cannot connect" in unreachable.stdout
+    invalid = run({**env, "EXPORTER_JOB_WORKERS": "many"}, "check-config")
+    assert invalid.returncode == 2 and "job_workers" in invalid.stderr

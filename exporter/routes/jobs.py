@@ -38,6 +38,7 @@ from exporter.responses import file_response
 router = APIRouter(tags=["jobs"])
 
 RETRY_MILLISECONDS = 3000  # how long EventSource waits before it reconnects
+SHUTDOWN_GRACE_SECONDS = 2.0  # more than the streams' poll, so each sees the shutdown and ends cleanly
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII
 CACHE_CONTROL = {"Cache-Control": "no-cache"}
 
@@ -126,15 +127,19 @@ async def job_events(job_id: str, request: Request, jobs: JobsDep, settings: Set
     job = await jobs.get(job_id, _owner(caller))
     if job.state in TERMINAL and after is not None and after >= job.last_event_id:
         return Response(status_code=204)  # it has seen the end: 204 tells EventSource to stop reconnecting
+    # On shutdown the stream ends cleanly within the grace period (EventSource then reconnects, to another
+    # replica behind a load balancer) instead of being cut off.
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        _sse(jobs, job, after), headers=CACHE_CONTROL, sep="\n", ping=settings.sse_ping_seconds,
+        _sse(jobs, job, after, shutdown), headers=CACHE_CONTROL, sep="\n", ping=settings.sse_ping_seconds,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+        shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
     )
 
 
-async def _sse(jobs: Jobs, job: Job, after: int | None) -> AsyncIterator[ServerSentEvent]:
+async def _sse(jobs: Jobs, job: Job, after: int | None, shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
     yield ServerSentEvent(retry=RETRY_MILLISECONDS, sep="\n")
-    async for event_id, kind, data in jobs.iter_events(job, after):
+    async for event_id, kind, data in jobs.iter_events(job, after, shutdown.is_set):
         yield ServerSentEvent(data, event=kind, id=str(event_id), sep="\n")
 
 
