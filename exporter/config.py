@@ -33,6 +33,8 @@ JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours",
 AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format", "drain_seconds")
 # Export formats; each also reads EXPORTER_<NAME> from the environment.
 FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
+# Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
+LIMIT_SETTINGS = ("export_slots", "reserved_slots", "send_timeout_seconds", "statement_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ class Settings:
     key_max_concurrent: int = 4  # downloads and jobs at once per key, unless the key says otherwise
     log_format: str | None = None  # json | text; None: text on a terminal, JSON otherwise
     drain_seconds: float = 30.0  # on SIGTERM, how long downloads in flight may take before they are stopped
+    export_slots: int | None = None  # exports at once per database; None: 20 on PostgreSQL, 4 on SQLite
+    reserved_slots: int = 10  # pool connections per database that exports never take (log, jobs, catalog)
+    send_timeout_seconds: float = 60.0  # a response whose client takes no data this long is aborted
+    statement_timeout_seconds: float | None = None  # the longest wait for an export's first chunk; None: no limit
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -106,7 +112,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS}
+                 "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -141,6 +147,13 @@ class Settings:
                                       1),
             log_format=_choice("log_format", data["log_format"], ("json", "text")) if data.get("log_format") else None,
             drain_seconds=_seconds("drain_seconds", data.get("drain_seconds", cls.drain_seconds)),
+            export_slots=(None if data.get("export_slots") is None
+                          else _whole("export_slots", data["export_slots"], 1)),
+            reserved_slots=_whole("reserved_slots", data.get("reserved_slots", cls.reserved_slots), 1),
+            send_timeout_seconds=_seconds("send_timeout_seconds",
+                                          data.get("send_timeout_seconds", cls.send_timeout_seconds)),
+            statement_timeout_seconds=_seconds_or_off("statement_timeout_seconds",
+                                                      data.get("statement_timeout_seconds")),
         )
 
     @classmethod
@@ -152,7 +165,7 @@ class Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *FORMAT_SETTINGS,
-                    *JOB_SETTINGS, *AUTH_SETTINGS):
+                    *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
@@ -342,3 +355,10 @@ def _seconds(name: str, value: Any) -> float:
     if not 0 < seconds < float("inf"):
         raise ConfigError(f"{name} must be more than 0")
     return seconds
+
+
+def _seconds_or_off(name: str, value: Any) -> float | None:
+    """A number of seconds, or None for no limit: unset, 0 or `off`."""
+    if value is None or str(value).strip().lower() in ("0", "0.0", "off"):
+        return None
+    return _seconds(name, value)

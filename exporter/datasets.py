@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exporter.capacity import ExportSlots
 from exporter.config import DatasetConfig
 from exporter.db import database_errors
 from exporter.errors import DatasetUnavailable, UnknownDataset
@@ -51,6 +52,7 @@ class Dataset:
     config: DatasetConfig
     columns: Mapping[str, Column]
     engine: AsyncEngine
+    slots: ExportSlots | None = None  # its database's export slots; None (tools, unit tests): no limit
 
     @property
     def name(self) -> str:
@@ -79,9 +81,11 @@ class Dataset:
 class Catalog:
     """Datasets by name; each is reflected from its source database on first use and then cached."""
 
-    def __init__(self, configs: Mapping[str, DatasetConfig], engines: Mapping[str | None, AsyncEngine]) -> None:
+    def __init__(self, configs: Mapping[str, DatasetConfig], engines: Mapping[str | None, AsyncEngine],
+                 slots: Mapping[str | None, ExportSlots] | None = None) -> None:
         self._configs = configs
         self._engines = engines
+        self._slots = slots or {}
         self._cache: dict[str, Dataset] = {}
 
     @property
@@ -100,11 +104,12 @@ class Catalog:
         if config is None:
             raise UnknownDataset(f"no dataset named {name!r}; GET /datasets lists them", parameter="name")
         engine = self._engines[config.source]
+        # Not an export slot: the pool's reserve serves this, so /datasets answers while exports are busy.
         with database_errors(f"dataset {name!r}"):
             async with engine.connect() as conn:
                 columns = await _reflect(conn, config)
         _check(config, columns)
-        dataset = Dataset(config, {c.name: c for c in columns}, engine)
+        dataset = Dataset(config, {c.name: c for c in columns}, engine, self._slots.get(config.source))
         self._cache[name] = dataset
         return dataset
 

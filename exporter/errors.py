@@ -233,6 +233,18 @@ class RowLimitExceeded(ExportError):
     status = 403
 
 
+class Busy(ExportError):
+    """Every slot the dataset's database gives to exports is taken; answered at once, with Retry-After."""
+
+    status = 503
+
+
+class StatementTimeout(ExportError):
+    """The export's query sent no row within EXPORTER_STATEMENT_TIMEOUT_SECONDS; it has been cancelled."""
+
+    status = 504
+
+
 class ConfigError(Exception):
     """The configuration file or environment is invalid; raised at startup."""
 

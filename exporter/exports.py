@@ -15,10 +15,11 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import logs, metrics
+from exporter.capacity import iter_limited
 from exporter.compression import COMPRESSORS
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
-from exporter.errors import RowLimitExceeded, TooManyRowsForXlsx
+from exporter.errors import Busy, RowLimitExceeded, TooManyRowsForXlsx
 from exporter.formats import (
     BOM,
     FORMATS,
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 
 EXPORT_FORMATS = tuple(FORMATS)  # what an export's name may end in, and a job's `format`
+# An export's transaction waits for its client at most the send timeout between two statements; PostgreSQL ends
+# one idle this much longer (idle_in_transaction_session_timeout), a backstop should the service itself stall.
+IDLE_MARGIN_SECONDS = 30.0
 
 
 def export_media_type(fmt: str) -> str:
@@ -131,17 +135,26 @@ async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serial
 
 
 def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings: Settings,
-                record: ExportRecord) -> AsyncIterator[bytes]:
+                record: ExportRecord, *, wait_for_slot: bool = False) -> AsyncIterator[bytes]:
     """The export's bytes, uncompressed: from COPY where it applies (PostgreSQL, fast path on, CSV or NDJSON),
-    else cursor + serializer."""
+    from ADBC for Parquet and Arrow on PostgreSQL, else cursor + serializer. They start once one of the
+    database's export slots is held: without `wait_for_slot` (a request) the first chunk raises Busy when none is
+    free; a job waits for one. See iter_limited for the statement timeout."""
+    return iter_limited(_open_chunks(dataset, query, options, settings, record), dataset.slots,
+                        wait_for_slot=wait_for_slot, first_chunk_seconds=settings.statement_timeout_seconds)
+
+
+def _open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings: Settings,
+                 record: ExportRecord) -> AsyncIterator[bytes]:
     dialect = dataset.engine.dialect.name
+    idle_seconds = settings.send_timeout_seconds + IDLE_MARGIN_SECONDS
     fmt = options.serialization
     csv = options if isinstance(options, CsvOptions) else None
     if (settings.copy_fast_path and dialect == "postgresql" and fmt in ("csv", "ndjson")
             and copy_applies(query, fmt, csv)):
         record.path = "copy"
         statement = copy_statement(query, fmt, formula_guard=csv is not None and csv.formula_guard)
-        chunks = iter_copy(dataset.engine, statement, copy_options(fmt, csv), record.set_rows)
+        chunks = iter_copy(dataset.engine, statement, copy_options(fmt, csv), record.set_rows, idle_seconds)
         return _iter_prefixed(BOM, chunks) if csv is not None and csv.bom else chunks
     serializer = create_serializer(query.columns, dialect, options)
     if settings.arrow_fast_path and dialect == "postgresql" and isinstance(
@@ -149,7 +162,7 @@ def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings
         record.path = "adbc"
         return _iter_encoded_arrow(iter_arrow(dataset.engine, query, serializer.schema), serializer, record)
     record.path = "generic"
-    batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
+    batches = iter_rows(dataset.engine, query.statement, settings.batch_rows, idle_seconds)
     chunks = iter_encoded(batches, serializer, record)
     if fmt in MAX_ROWS:
         return _iter_within_row_limit(dataset, query, MAX_ROWS[fmt], chunks)
@@ -266,7 +279,9 @@ class _Recorded:
             await self.aclose()  # the row is there before the response's last byte, as a client would expect
             raise
         except Exception as exc:
-            self._outcome, self._error = "failed", f"{type(exc).__name__}: {exc}"
+            # Refused for capacity before any byte is `limited`, as a 429 is.
+            self._outcome = "limited" if isinstance(exc, Busy) else "failed"
+            self._error = f"{type(exc).__name__}: {exc}"
             raise  # logged once by the server's request log (logs.RequestIds), or as the job's failure
         if not record.bytes and chunk:
             metrics.FIRST_BYTE.labels(record.kind).observe(time.monotonic() - record.started)

@@ -26,7 +26,7 @@ ERROR = {
 # status → the codes it carries, for the descriptions
 CODES = {
     400: "invalid_parameter, unknown_column, column_not_filterable, unknown_operator, invalid_value, "
-         "after_requires_key_order, invalid_path, token_in_url",
+         "after_requires_key_order, invalid_path, token_in_url, too_many_rows_for_xlsx",
     401: "missing_token, invalid_token, expired_token, revoked_token (with WWW-Authenticate: Bearer)",
     403: "forbidden, link_expired, row_limit_exceeded",
     404: "unknown_dataset, unknown_format, unknown_root, file_not_found, unknown_upstream, unknown_job, not_found",
@@ -36,14 +36,16 @@ CODES = {
     416: "range_not_satisfiable (with Content-Range: bytes */SIZE)",
     429: "too_many_requests, too_many_jobs, too_many_relays (with Retry-After)",
     502: "upstream_unreachable, upstream_redirect",
-    503: "database_unavailable, dataset_unavailable, file_changed, file_unreadable, shutting_down",
-    504: "upstream_timeout",
+    503: "database_unavailable, dataset_unavailable, file_changed, file_unreadable, shutting_down, busy "
+         "(with Retry-After)",
+    504: "upstream_timeout, statement_timeout",
 }
 # (path, method) → the statuses it may answer beyond 400, 401, 403, 404 and 503, and its body's media types
 EXTRA: dict[tuple[str, str], tuple[tuple[int, ...], tuple[str, ...]]] = {
-    ("/exports/{filename}", "get"): ((202, 409, 429), tuple(sorted({f.media_type for f in FORMATS.values()}))),
+    ("/exports/{filename}", "get"): ((202, 409, 429, 504), tuple(sorted({f.media_type for f in FORMATS.values()}))),
     ("/exports/{filename}", "head"): ((), ()),
     ("/jobs", "post"): ((200, 409, 429), ()),
+    ("/jobs/{job_id}", "delete"): ((), ()),
     ("/jobs/{job_id}/events", "get"): ((204,), ("text/event-stream",)),
     ("/jobs/{job_id}/result", "get"): ((206, 304, 409, 410, 416, 429), ("*/*",)),
     ("/jobs/{job_id}/result", "head"): ((304, 409, 410), ()),

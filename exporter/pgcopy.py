@@ -122,23 +122,24 @@ def copy_options(fmt: str, options: CsvOptions | None) -> dict[str, Any]:
 
 
 async def iter_copy(engine: AsyncEngine, statement: Select[Any], options: dict[str, Any],
-                    on_rows: Callable[[int], None]) -> AsyncIterator[bytes]:
+                    on_rows: Callable[[int], None], idle_seconds: float | None = None) -> AsyncIterator[bytes]:
     """Yield COPY's output in chunks of about CHUNK_BYTES, inside the export's read-only snapshot.
 
     COPY runs in a task that feeds a bounded queue, so a slow client slows COPY down. Closing this
     iterator cancels COPY on the server and returns the connection. A failure mid-COPY is raised here.
-    `on_rows` gets the number of lines sent so far, then COPY's own row count when it completes.
+    `on_rows` gets the number of lines sent so far, then COPY's own row count when it completes. See open_snapshot
+    for `idle_seconds`.
     """
     compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     args = [compiled.params[name] for name in compiled.positiontup or ()]
     with database_errors("export"):
-        async for chunk in _iter_copy(engine, compiled.string, args, options, on_rows):
+        async for chunk in _iter_copy(engine, compiled.string, args, options, on_rows, idle_seconds):
             yield chunk
 
 
 async def _iter_copy(engine: AsyncEngine, sql: str, args: list[Any], options: dict[str, Any],
-                     on_rows: Callable[[int], None]) -> AsyncIterator[bytes]:
-    async with open_snapshot(engine) as conn:
+                     on_rows: Callable[[int], None], idle_seconds: float | None) -> AsyncIterator[bytes]:
+    async with open_snapshot(engine, idle_seconds) as conn:
         # SQLAlchemy's asyncpg adapter sends BEGIN with the first statement, and COPY goes to the driver
         # directly: one statement first puts COPY inside the export's read-only snapshot.
         await conn.exec_driver_sql("SELECT 1")

@@ -13,15 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter.db import database_errors, open_snapshot
 
 
-async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int) -> AsyncIterator[Sequence[Any]]:
-    """Yield batches of up to `batch_rows` rows from a server-side cursor.
+async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int,
+                    idle_seconds: float | None = None) -> AsyncIterator[Sequence[Any]]:
+    """Yield batches of up to `batch_rows` rows from a server-side cursor (see open_snapshot for `idle_seconds`).
 
     Holds one pooled connection from the first iteration until exhausted or closed; closing early (aclose,
     or cancellation) ends the query and returns the connection at once. Database errors are ExportErrors
     (see database_errors): a 503 before the first byte, an aborted response after it.
     """
     with database_errors("export"):
-        async with open_snapshot(engine) as conn:
+        async with open_snapshot(engine, idle_seconds) as conn:
             result = await conn.stream(statement.execution_options(yield_per=batch_rows))
             batches = aiter(result.partitions(batch_rows))
             # Read one batch ahead: the database (or SQLite's thread) fetches the next batch while this one

@@ -157,7 +157,8 @@ class Runner:
     async def _export(self, job: Job, record: ExportRecord) -> tuple[int, str]:
         export = await prepare_export(self._catalog, filename(job), list(job.params.items()),
                                       Restriction.from_json(job.restriction), self._settings)
-        chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record)
+        chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
+                             wait_for_slot=True)
         body = iter_export(chunks, compression=export.compression, record=record, log_engine=self._log_engine,
                            max_rows=export.max_rows)
         return await write_result(body, self._part(job.id, job.attempt), self._jobs.result_path(job))

@@ -48,6 +48,8 @@ CODES: dict[type[ExportError], str] = {
     errors.TooManyRequests: "too_many_requests",
     errors.RowLimitExceeded: "row_limit_exceeded",
     errors.ShuttingDown: "shutting_down",
+    errors.Busy: "busy",
+    errors.StatementTimeout: "statement_timeout",
 }
 
 
