@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from exporter.errors import ExportError, RevokedToken, ShuttingDown, TooManyRequests
@@ -22,6 +22,13 @@ WATCH_SECONDS = 2.0  # how often running downloads' keys are checked for revocat
 RETRY_AFTER_SECONDS = 5
 
 
+def rate_limit_headers(most: int, remaining: int) -> dict[str, str]:
+    """The IETF draft's RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers) for the per-key
+    concurrency limit: `most` at once, `remaining` free now."""
+    return {"RateLimit-Policy": f'"concurrency";q={most}',
+            "RateLimit": f'"concurrency";r={remaining};t={RETRY_AFTER_SECONDS}'}
+
+
 @dataclass(frozen=True)
 class Hold:
     """One admitted download: `stopped` is set when its key stops being valid, `aborted` when the drain is over;
@@ -30,6 +37,7 @@ class Hold:
     stopped: asyncio.Event
     aborted: asyncio.Event
     release: Callable[[], None]
+    rate_limit: Mapping[str, str] = field(default_factory=dict)  # its key's RateLimit headers, for a 503 busy
 
     async def stop_reason(self) -> ExportError:
         """Wait until the download must stop; the error that says why."""
@@ -77,20 +85,20 @@ class Limits:
             raise ShuttingDown("the server is shutting down; try again (another replica will answer)",
                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if caller.key_id is None:
-            return self._hold(None, asyncio.Event())
+            return self._hold(None, asyncio.Event(), {})
         most = caller.max_concurrent or self._default
         busy = self._active.get(caller.key_id, 0) + await self._jobs.unfinished(caller.key_id)
         if busy >= most:
             raise TooManyRequests(
                 f"the key {caller.name!r} has {busy} downloads and jobs running, its limit; try again later",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS),
-                         "RateLimit-Policy": f'"concurrency";q={most}',
-                         "RateLimit": f'"concurrency";r=0;t={RETRY_AFTER_SECONDS}'})
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS), **rate_limit_headers(most, 0)})
         key_id = caller.key_id
         self._active[key_id] = self._active.get(key_id, 0) + 1
-        return self._hold(key_id, self._stopped.setdefault(key_id, asyncio.Event()))
+        # The headers a 503 busy of this download carries: its place is given back with the refusal.
+        return self._hold(key_id, self._stopped.setdefault(key_id, asyncio.Event()),
+                          rate_limit_headers(most, most - busy))
 
-    def _hold(self, key_id: str | None, stopped: asyncio.Event) -> Hold:
+    def _hold(self, key_id: str | None, stopped: asyncio.Event, rate_limit: Mapping[str, str]) -> Hold:
         self._in_flight += 1
         self._idle.clear()
         released = False
@@ -110,7 +118,7 @@ class Limits:
                 del self._active[key_id]
                 self._stopped.pop(key_id, None)
 
-        return Hold(stopped, self._aborted, release)
+        return Hold(stopped, self._aborted, release, rate_limit)
 
     async def drain(self, seconds: float) -> None:
         """Refuse new downloads, give those in flight `seconds` to finish, then stop the rest (incomplete

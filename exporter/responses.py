@@ -134,6 +134,8 @@ class ChunkedResponse(Response):
         try:
             first = await anext(self._chunks, b"")
         except ExportError as error:
+            if error.status == 503 and self._hold is not None:  # busy: with the key's limit, as a 429 has
+                error.headers = {**self._hold.rate_limit, **error.headers}
             await error_response(error)(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

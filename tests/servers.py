@@ -49,20 +49,23 @@ class ChunkedReader:
     """A GET over a raw socket that hands back the HTTP/1.1 chunks as the server framed them (an HTTP client
     would hide them). Its receive buffer is small, so the server cannot push the whole body into the kernel."""
 
-    def __init__(self, url: str, path: str, receive_buffer_bytes: int = 64 * 1024) -> None:
-        self._socket, self._stream = self._request(url, path, receive_buffer_bytes)
+    def __init__(self, url: str, path: str, receive_buffer_bytes: int = 64 * 1024,
+                 headers: dict[str, str] | None = None) -> None:
+        self._socket, self._stream = self._request(url, path, receive_buffer_bytes, headers)
         self.status_line = self._stream.readline()
         while self._stream.readline() not in (b"\r\n", b""):
             pass
 
     @staticmethod
-    def _request(url: str, path: str, receive_buffer_bytes: int) -> tuple[socket.socket, BinaryIO]:
+    def _request(url: str, path: str, receive_buffer_bytes: int, headers: dict[str, str] | None = None
+                 ) -> tuple[socket.socket, BinaryIO]:
         host, port = url.removeprefix("http://").split(":")
         conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
         conn.settimeout(30)
         conn.connect((host, int(port)))
-        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode())
         return conn, conn.makefile("rb")
 
     @classmethod

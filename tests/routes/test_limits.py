@@ -169,3 +169,21 @@ def test_the_statement_timeout_does_not_cut_an_export_that_streams_longer(
     response = httpx.get(f"{server.url}/exports/slow.csv", params={"limit": "100000"}, timeout=60)
     assert response.status_code == 200
     assert response.text.count("\n") == 100_001
+
+
+def test_a_busy_answer_to_a_key_carries_its_ratelimit_headers(db: Database, serve: Serve, tmp_path: Path) -> None:
+    from tests.routes.test_auth import bearer, create_key
+
+    db.seed_demo(50_000)
+    db.execute("DELETE FROM api_keys")
+    server = serve(db.settings(auth="required", batch_rows=100, export_slots=1, reserved_slots=1,
+                               jobs_dir=str(tmp_path / "jobs")))
+    token = create_key(db, "analyst", "dataset:orders", max_concurrent=3)
+    with ChunkedReader(server.url, "/exports/orders.ndjson", receive_buffer_bytes=4096,
+                       headers={"Authorization": f"Bearer {token}"}) as holder:
+        assert holder.next_chunk()
+        busy = httpx.get(f"{server.url}/exports/orders.csv", headers=bearer(token), timeout=CLIENT_TIMEOUT)
+    assert (busy.status_code, error_code(busy)) == (503, "busy")
+    assert busy.headers["retry-after"] == "1"
+    assert busy.headers["ratelimit-policy"] == '"concurrency";q=3'
+    assert busy.headers["ratelimit"] == '"concurrency";r=2;t=5'  # the holder takes one; the refused one, none
