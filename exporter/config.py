@@ -29,7 +29,7 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 # Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
-AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent")
+AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "session_hours")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class Settings:
     auth: str = "required"  # or "off": every request is anonymous and may do anything
     link_ttl_seconds: float = 900.0  # signed result links work this long
     key_max_concurrent: int = 4  # downloads and jobs at once per key, unless the key says otherwise
+    session_hours: float = 12.0  # a browser session (sign-in cookie) lasts this long
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -128,6 +129,7 @@ class Settings:
             link_ttl_seconds=_seconds("link_ttl_seconds", data.get("link_ttl_seconds", cls.link_ttl_seconds)),
             key_max_concurrent=_whole("key_max_concurrent", data.get("key_max_concurrent", cls.key_max_concurrent),
                                       1),
+            session_hours=_seconds("session_hours", data.get("session_hours", cls.session_hours)),
         )
 
     @classmethod

@@ -1,4 +1,5 @@
-"""iter_rows: row batches from a server-side cursor inside the export's snapshot."""
+"""iter_rows: row batches from a server-side cursor inside the export's snapshot; estimate_rows: the planner's guess
+of how many there will be."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
+import orjson
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from exporter.db import database_errors, open_snapshot
 
@@ -36,3 +41,29 @@ async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int
                     ahead.cancel()
                 with anyio.CancelScope(shield=True):
                     await asyncio.gather(ahead, return_exceptions=True)
+
+
+class _Explain(Executable, ClauseElement):
+    """`EXPLAIN (FORMAT JSON) <select>` with the select's bound parameters kept as parameters."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+
+
+@compiles(_Explain, "postgresql")
+def _compile_explain(element: _Explain, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.statement, **kw)
+
+
+async def estimate_rows(engine: AsyncEngine, statement: Select[Any]) -> int | None:
+    """The rows PostgreSQL's planner expects `statement` to return, from the table statistics: no COUNT(*), and
+    the query is not run. None on SQLite, whose planner gives no such number."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with database_errors("estimate"):
+        async with engine.connect() as conn:
+            plan = await conn.scalar(_Explain(statement))
+    parsed = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
+    return int(parsed[0]["Plan"]["Plan Rows"])
