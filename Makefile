@@ -6,6 +6,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ROWS ?= 100000
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: run test lint bench clean
 
 $(BIN)/python:
@@ -21,7 +23,12 @@ run: $(VENV)/.installed
 	$(BIN)/exporter seed-demo --if-missing --rows $(DEMO_ROWS)
 	EXPORTER_AUTH=$${EXPORTER_AUTH:-off} $(BIN)/exporter serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed
+# The web page tests drive Debian's chromium (Playwright never downloads a browser); a fresh CI machine lacks it.
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+test: $(VENV)/.installed $(CHROMIUM)
 	$(BIN)/ruff check exporter tests migrations
 	$(BIN)/mypy exporter
 	$(BIN)/pytest $(PYTEST_ARGS)

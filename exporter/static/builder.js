@@ -172,8 +172,11 @@ document.addEventListener("DOMContentLoaded", () => {
   }
 
   function pageUrl(extra) {
-    const fields = new URLSearchParams(new FormData(form));
-    fields.delete("download");
+    // The builder's state, as the no-JavaScript form would send it (so a reload or a shared link restores it),
+    // without the empty filter rows.
+    const fields = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (!["f_col", "f_op", "f_val", "download"].includes(k)) fields.append(k, v);
+    for (const f of state().filters) { fields.append("f_col", f.column); fields.append("f_op", f.op); fields.append("f_val", f.value); }
     for (const [k, v] of Object.entries(extra || {})) fields.set(k, v);
     return `${location.pathname}?${fields.toString()}`;
   }
@@ -212,6 +215,8 @@ document.addEventListener("DOMContentLoaded", () => {
     update(job, progress, total) {
       const pct = E.percent(job, total);
       const bar = $("job-bar");
+      jobSection.dataset.rows = String(job.rows);
+      jobSection.dataset.state = job.state;
       if (pct === null) bar.removeAttribute("value"); else bar.value = pct;
       $("job-percent").textContent = pct === null ? "" : `${pct}%`;
       $("job-state").textContent = job.state === "queued" && progress && progress.position
