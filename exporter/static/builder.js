@@ -202,6 +202,7 @@ document.addEventListener("DOMContentLoaded", () => {
       return;
     }
     download.removeAttribute("aria-disabled");
+    status.textContent = "Loading the preview…";  // at once, so an older preview is never taken for this one
     clearTimeout(timer);
     timer = setTimeout(() => preview(s), 250);
   }
@@ -304,7 +305,8 @@ document.addEventListener("DOMContentLoaded", () => {
   form.addEventListener("submit", (event) => { event.preventDefault(); location.assign(download.href); });
   $("columns-all").addEventListener("click", () => { for (const b of form.querySelectorAll('input[name="col"]')) b.checked = true; refresh(); });
   $("columns-none").addEventListener("click", () => { for (const b of form.querySelectorAll('input[name="col"]')) b.checked = false; refresh(); });
-  $("add-filter").addEventListener("click", () => {
+  const addFilter = $("add-filter");
+  if (addFilter) addFilter.addEventListener("click", () => {
     const rows = filterRows();
     const copy = rows[rows.length - 1].cloneNode(true);
     const n = rows.length + 1;
