@@ -40,7 +40,9 @@ const Exporter = (() => {
   function quote(value) {
     return encodeURIComponent(value).replace(/[!'()*]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
   }
-  function query(params) { return params.map(([k, v]) => `${quote(k)}=${quote(v)}`).join("&"); }
+  // A query value keeps its commas and colons (columns=id,amount), as routes/pages.py export_url writes it.
+  function quoteValue(value) { return quote(value).replace(/%2C/g, ",").replace(/%3A/g, ":"); }
+  function query(params) { return params.map(([k, v]) => `${quoteValue(k)}=${quoteValue(v)}`).join("&"); }
 
   // Follow a job's event stream and keep `view` up to date. `view` has update(job, progress, total) and
   // finish(job). onEventId(id) is told each event id (to survive a reload). Returns the EventSource.
