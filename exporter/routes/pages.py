@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -23,7 +23,15 @@ from exporter import sessions
 from exporter.auth import CallerDep, verify_token
 from exporter.datasets import Catalog, Dataset
 from exporter.deps import CatalogDep, SettingsDep
-from exporter.errors import ExportError, InvalidCsrfToken, InvalidParameter, Unauthorized
+from exporter.errors import (
+    DatabaseUnavailable,
+    DatasetUnavailable,
+    ExportError,
+    Forbidden,
+    InvalidCsrfToken,
+    InvalidParameter,
+    Unauthorized,
+)
 from exporter.exports import prepare_export
 from exporter.keys import Caller
 from exporter.rows import estimate_rows
@@ -158,6 +166,8 @@ async def sign_in(request: Request, settings: SettingsDep) -> Response:
     """Exchange an API key for a session cookie that names the key (the token itself is never stored in it)."""
     if settings.auth == "off":
         return RedirectResponse("/", status_code=303)
+    if not _same_origin(request):
+        raise Forbidden("sign in from this service's own sign-in page")
     form = await _form(request)
     token, next = form.get("token", ""), form.get("next", "/")
     try:
@@ -188,6 +198,13 @@ async def sign_out(request: Request, settings: SettingsDep) -> Response:
     return response
 
 
+def _same_origin(request: Request) -> bool:
+    """Whether a form POST comes from a page of this site: browsers send Origin with every POST, so another site
+    cannot sign a visitor in with its own key (login CSRF). A client that sends no Origin is not a browser page."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+
+
 async def _form(request: Request) -> dict[str, str]:
     """An application/x-www-form-urlencoded body (all these small forms send), first value of each field."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
@@ -203,15 +220,17 @@ async def _form(request: Request) -> dict[str, str]:
 
 @router.get("/", response_class=HTMLResponse)
 async def index(request: Request, catalog: CatalogDep, caller: CallerDep) -> Response:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in catalog.names:
         if not caller.may("dataset", name):
             continue
-        dataset = await catalog.get(name)
         restriction = caller.restriction(name)
-        export = await prepare_export(catalog, f"{name}.csv", [], restriction)
-        rows.append({"dataset": dataset.describe(restriction.columns),
-                     "estimate": await estimate_rows(dataset.engine, export.query.statement)})
+        try:
+            export = await prepare_export(catalog, f"{name}.csv", [], restriction)
+            rows.append({"dataset": export.dataset.describe(restriction.columns),
+                         "estimate": await estimate_rows(export.dataset.engine, export.query.statement)})
+        except (DatasetUnavailable, DatabaseUnavailable) as error:  # one broken source hides no other dataset
+            rows.append({"dataset": {"name": name, "description": "", "columns": []}, "error": error.message})
     return render(request, "index.html", {"datasets": rows}, caller=caller)
 
 

@@ -79,7 +79,7 @@ def page(context: BrowserContext) -> Page:
 
 @pytest.fixture
 def site(pg: Database, serve: Serve, tmp_path: Path) -> Callable[..., ServerThread]:
-    """Start the service on PostgreSQL with auth on, a file root `r`, the `slow` dataset and 2,000 orders."""
+    """Start the service on PostgreSQL with auth on, a file root `r` and 2,000 orders."""
     def prepare() -> None:
         pg.execute("DELETE FROM api_keys", "DELETE FROM job_events", "DELETE FROM jobs")
         pg.seed_demo(2000)
@@ -90,9 +90,12 @@ def site(pg: Database, serve: Serve, tmp_path: Path) -> Callable[..., ServerThre
     (root / "report.csv").write_bytes(b"a,b\n" * 300_000)
     (root / "sub" / "notes.txt").write_text("hello\n")
 
-    def start(**overrides: Any) -> ServerThread:
+    def start(slow: bool = False, **overrides: Any) -> ServerThread:
+        """`slow`: also the dataset `slow` (200,000 rows, ten seconds to read), made anew."""
+        if slow:
+            off_loop(lambda: make_slow(pg, 0.05))
         return serve(pg.settings(auth="required", jobs_dir=str(tmp_path / "jobs"), files={"roots": {"r": str(root)}},
-                                 datasets=SLOW, **overrides))
+                                 datasets=SLOW if slow else {}, **overrides))
 
     return start
 
@@ -136,7 +139,7 @@ def choose_columns(page: Page, *names: str) -> None:
 def test_signing_in_with_a_key_shows_the_datasets_it_may_read(
     pg: Database, site: Callable[..., ServerThread], page: Page
 ) -> None:
-    server = site()
+    server = site(slow=True)
     token = key(pg, "analyst", "dataset:orders")
     page.goto(server.url + "/")
     expect(page).to_have_url(re.compile(r"/sign-in\?next=%2F$"))
@@ -269,8 +272,7 @@ def _running_rows(page: Page, at_least: int) -> int:
 def test_reloading_the_page_mid_job_continues_the_bar_from_where_it_was(
     pg: Database, site: Callable[..., ServerThread], page: Page
 ) -> None:
-    off_loop(lambda: make_slow(pg, 0.05))  # 200,000 rows; about ten seconds
-    server = site(job_progress_seconds=0.2)
+    server = site(slow=True, job_progress_seconds=0.2)
     token = key(pg)
     sign_in(page, server, token, "/datasets/slow")
     page.get_by_role("button", name="Run as job").click()
@@ -292,8 +294,7 @@ def test_reloading_the_page_mid_job_continues_the_bar_from_where_it_was(
 def test_cancelling_a_job_from_the_page_stops_it(
     pg: Database, site: Callable[..., ServerThread], page: Page
 ) -> None:
-    off_loop(lambda: make_slow(pg, 0.05))
-    server = site(job_progress_seconds=0.2)
+    server = site(slow=True, job_progress_seconds=0.2)
     token = key(pg)
     sign_in(page, server, token, "/datasets/slow")
     page.get_by_role("button", name="Run as job").click()
@@ -500,6 +501,9 @@ def test_the_session_cookie_is_signed_http_only_strict_and_expires(
 
     over_https = _signed_in(server, token, **{"X-Forwarded-Proto": "https"})  # uvicorn trusts loopback proxies
     assert "secure" in over_https.headers["set-cookie"].lower()
+    elsewhere = _signed_in(server, token, Origin="https://attacker.example")  # login CSRF
+    assert elsewhere.status_code == 403 and "set-cookie" not in elsewhere.headers
+    assert _signed_in(server, token, Origin=server.url).status_code == 303
     wrong = _signed_in(server, "exp_" + "A" * 46)
     assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
     assert "not an exporter token" in wrong.text or "checksum" in wrong.text
@@ -576,7 +580,7 @@ def test_a_session_has_exactly_its_keys_grants_and_restrictions(
     cookies = {"exporter_session": _signed_in(server, token).cookies["exporter_session"]}
     lines = httpx.get(f"{server.url}/exports/orders.csv", cookies=cookies).text.splitlines()
     assert lines[0] == "id,status" and {line.split(",")[1] for line in lines[1:]} == {"paid"}
-    assert httpx.get(f"{server.url}/exports/slow.csv", cookies=cookies).status_code == 403
+    assert httpx.get(f"{server.url}/exports/other.csv", cookies=cookies).status_code == 403
     assert httpx.get(f"{server.url}/files/r/", cookies=cookies).status_code == 403
     builder = httpx.get(f"{server.url}/datasets/orders", cookies=cookies, headers={"Accept": BROWSER_ACCEPT}).text
     assert 'value="status"' in builder and 'value="amount"' not in builder
