@@ -109,7 +109,9 @@ def test_copy_and_generic_paths_give_the_same_bytes(
     else:
         assert from_copy.content == from_generic.content
     assert len(from_copy.content) > 30
-    paths = {entry["path"] for entry in wait_for(lambda: export_log(all_types, path.split(".")[0]))}
+    # Each server writes its row as its stream closes, which may be after the client has read the body: wait for both.
+    logged = wait_for(lambda: len(rows := export_log(all_types, path.split(".")[0])) >= 2 and rows)
+    paths = {entry["path"] for entry in logged}
     assert paths == {"copy", "generic"}
 
 
