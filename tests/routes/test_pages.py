@@ -358,6 +358,34 @@ def test_signing_out_ends_the_session_and_the_next_request_is_refused(
 # --- more of the pages, in a browser --------------------------------------------------------------------------
 
 
+def test_the_jobs_page_follows_a_running_job_live_and_cancels_it(
+    pg: Database, site: Callable[..., ServerThread], page: Page
+) -> None:
+    server = site(slow=True, job_progress_seconds=0.2)
+    token = key(pg)
+    done = httpx.post(f"{server.url}/jobs", json={"dataset": "orders", "format": "csv"}, headers=bearer(token)).json()
+    wait_for(lambda: httpx.get(f"{server.url}/jobs/{done['id']}", headers=bearer(token)).json()["state"]
+             == "succeeded", 60)
+    running = httpx.post(f"{server.url}/jobs", json={"dataset": "slow", "format": "ndjson"},
+                         headers=bearer(token)).json()
+    sign_in(page, server, token, "/jobs")
+    row = page.locator(f"#job-{running['id']}")
+    expect(row.locator(".state")).to_have_text("running")
+    expect(row.locator(".rows")).to_have_text(re.compile(r"^[1-9][\d,]*$"))  # counted up by the event stream
+    first = int(row.locator(".rows").inner_text().replace(",", ""))
+    wait_for(lambda: int(row.locator(".rows").inner_text().replace(",", "")) > first, 30)
+    finished = page.locator(f"#job-{done['id']}")
+    expect(finished.locator(".state")).to_have_text("succeeded")
+    expect(finished.get_by_role("link", name="Download")).to_have_attribute("href", re.compile(r"/result\?expires="))
+    screenshot(page, "jobs")
+
+    row.get_by_role("button", name="Cancel").click()
+    expect(row.locator(".state")).to_have_text("cancelled")
+    expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+    assert httpx.get(f"{server.url}/jobs/{running['id']}", headers=bearer(token)).json()["state"] == "cancelled"
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 def test_without_javascript_the_builder_is_a_form_and_download_still_downloads(
     pg: Database, site: Callable[..., ServerThread], browser: Browser, tmp_path: Path
 ) -> None:
