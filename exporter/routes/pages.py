@@ -141,7 +141,12 @@ def error_page(request: Request, error: ExportError) -> Response | None:
         if sessions.COOKIE in request.cookies:
             response.delete_cookie(sessions.COOKIE, path="/")
         return response
-    return render(request, "error.html", {"error": error, "code": error.code()}, status_code=error.status)
+    referer = urlsplit(request.headers.get("referer", ""))  # a script-free Back link (the CSP forbids javascript:)
+    back = None
+    if referer.netloc == request.url.netloc:
+        back = referer.path + (f"?{referer.query}" if referer.query else "")
+    return render(request, "error.html", {"error": error, "code": error.code(), "back": back},
+                  status_code=error.status)
 
 
 # --- sign-in and sign-out -----------------------------------------------------------------------------------------
@@ -320,10 +325,13 @@ async def dataset_page(request: Request, catalog: Catalog, dataset: Dataset, cal
         else:
             return RedirectResponse(export_url(filename, params), status_code=303)
     columns = [{**c, "kind": dataset.columns[c["name"]].kind} for c in described["columns"]]
+    # The chosen columns in their chosen order, then the rest in the table's: a reloaded page keeps the order.
+    chosen = {name: i for i, name in enumerate(builder.columns)}
+    shown = sorted(columns, key=lambda c: chosen.get(c["name"], len(chosen)))
     operators = {c["name"]: OPERATORS_BY_KIND.get(c["kind"], ("isnull",)) for c in columns}
     filters = builder.filters + [("", "", "")] * max(FILTER_ROWS - len(builder.filters), 1)
     return render(request, "dataset.html", {
-        "dataset": described, "columns": columns, "builder": builder, "filters": filters,
+        "dataset": described, "columns": shown, "default_columns": names, "builder": builder, "filters": filters,
         "operators": operators, "operator_labels": OPERATOR_LABELS, "export_url": export_url(filename, params),
         "limit_rows": restriction.max_rows,
     }, status_code=status, caller=caller)

@@ -7,9 +7,9 @@ document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("builder");
   const dataset = form.dataset.dataset;
   const auth = form.dataset.auth === "true";
-  const columns = JSON.parse(document.getElementById("columns-data").textContent);
+  // The default column set, in its order: exporting exactly these needs no `columns=`.
+  const allNames = JSON.parse(document.getElementById("columns-data").textContent);
   const operators = JSON.parse(document.getElementById("operators-data").textContent);
-  const allNames = columns.map((c) => c.name);
   const $ = (id) => document.getElementById(id);
   const download = $("download");
   $("download-submit").hidden = true;
@@ -318,6 +318,16 @@ document.addEventListener("DOMContentLoaded", () => {
     $("filter-rows").append(copy);
     syncOperators(copy);
     copy.querySelector(".f-col").focus();
+  });
+  // Column order is the checkboxes' order: the arrows move one up or down (and keep the focus on the arrow).
+  form.querySelector("ul.columns").addEventListener("click", (event) => {
+    const button = event.target.closest("button.move-up, button.move-down");
+    if (!button) return;
+    const item = button.closest("li");
+    if (button.classList.contains("move-up") && item.previousElementSibling) item.previousElementSibling.before(item);
+    else if (button.classList.contains("move-down") && item.nextElementSibling) item.nextElementSibling.after(item);
+    button.focus();
+    refresh();
   });
   for (const button of document.querySelectorAll("button.copy")) {
     button.addEventListener("click", async () => {

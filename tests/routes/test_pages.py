@@ -190,6 +190,13 @@ def test_the_preview_shows_the_chosen_columns_filtered_by_two_filters(
     assert f'pd.read_csv("{url}"' in page.locator("#snippet-pandas").input_value()
     assert f"read_csv('{url}')" in page.locator("#snippet-duckdb").input_value()
     screenshot(page, "2-preview")
+
+    page.get_by_role("button", name="Move amount up").click()  # the order of the checkboxes is the export's
+    page.keyboard.press("Enter")  # the focus stays on the arrow: twice more, from the keyboard,
+    page.keyboard.press("Enter")  # past the unchecked customer_id and then id
+    expect(page.locator("#url")).to_have_value(re.compile(r"columns=amount,id,status,note&"))
+    wait_preview(page)
+    assert page.locator("#preview-table thead th").all_inner_texts() == ["amount", "id", "status", "note"]
     assert page.errors == []  # type: ignore[attr-defined]
 
 
