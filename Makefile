@@ -8,7 +8,7 @@ DEMO_ROWS ?= 100000
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,14 @@ $(CHROMIUM):
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
-test: $(VENV)/.installed $(CHROMIUM)
+# The XLSX tests convert files with LibreOffice headless. Installed here when missing (as root on Debian, as CI
+# runs); without it those tests fail, never skip.
+system-deps:
+	@command -v soffice >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		libreoffice-calc >/dev/null; } || echo "make: could not install libreoffice-calc; the XLSX tests will fail"
+
+test: $(VENV)/.installed system-deps $(CHROMIUM)
 	$(BIN)/ruff check exporter tests migrations
 	$(BIN)/mypy exporter
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -37,7 +44,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
 	$(BIN)/python -m tests.bench_files
 	$(BIN)/python -m tests.bench_proxy
+	$(BIN)/python -m tests.bench_formats
 	$(BIN)/python -m tests.bench_auth
+	$(BIN)/python -m tests.bench_jobs
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -15,11 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter import __version__
 from exporter.audit import record_refusal
 from exporter.auth import RefuseTokensInUrls, load_link_secret, load_secret
+from exporter.capacity import ExportSlots, SendTimeout, export_slot_count
 from exporter.config import Settings
 from exporter.datasets import Catalog
 from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
 from exporter.limits import Limits
+from exporter.logs import RequestIds
+from exporter.openapi import document
 from exporter.relay import create_upstreams
 from exporter.routes import datasets, exports, files, health, jobs, metrics, pages, proxy
 from exporter.workers import run_jobs
@@ -27,12 +30,17 @@ from exporter.workers import run_jobs
 
 @asynccontextmanager
 async def open_sources(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, Catalog]]:
-    """The service's own engine and the catalog of datasets over every source; disposed on exit."""
-    engine = create_db_engine(settings.database_url)
-    sources: dict[str | None, AsyncEngine] = {None: engine}
-    sources.update({name: create_db_engine(url) for name, url in settings.sources.items()})
+    """The service's own engine and the catalog of datasets over every source; disposed on exit. Each database
+    gives exports its export slots, and its pool holds EXPORTER_RESERVED_SLOTS connections more for everything
+    else (the export log, the catalog, /readyz), so those never wait behind exports."""
+    urls: dict[str | None, str] = {None: settings.database_url}
+    urls.update(settings.sources)
+    slots = {name: export_slot_count(url, settings) for name, url in urls.items()}
+    sources = {name: create_db_engine(url, pool_connections=slots[name] + settings.reserved_slots)
+               for name, url in urls.items()}
+    engine = sources[None]
     try:
-        yield engine, Catalog(settings.datasets, sources)
+        yield engine, Catalog(settings.datasets, sources, {name: ExportSlots(n) for name, n in slots.items()})
     finally:
         for source in sources.values():
             await source.dispose()
@@ -76,7 +84,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
     app.add_middleware(RefuseTokensInUrls)
+    app.add_middleware(RequestIds)  # outermost: refusals get a request id and an access line too
     install_error_handlers(app, record_refusal, pages.error_page)
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
+    app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
     for module in (datasets, exports, jobs, files, proxy, health, metrics, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

@@ -18,7 +18,7 @@ from exporter.models import ExportLogEntry
 # the first path segment → the kind of download it asks for
 KINDS = {"exports": "export", "files": "file", "proxy": "relay", "jobs": "job", "datasets": "datasets"}
 COLUMNS = ("started_at", "key_name", "client_address", "kind", "dataset", "format", "resource", "parameters",
-           "outcome", "rows", "bytes", "duration_seconds", "error")
+           "outcome", "rows", "bytes", "duration_seconds", "request_id", "error")
 
 
 async def record_refusal(request: Request, error: ExportError) -> None:

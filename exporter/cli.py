@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from exporter import admin
 from exporter.config import Settings
 from exporter.errors import ConfigError
+from exporter.logs import configure_logging
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -23,9 +22,10 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="exporter", description="Bulk data export service.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the HTTP API")
+    serve = commands.add_parser("serve", help="serve the HTTP API (and EXPORTER_JOB_WORKERS job workers)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes serving on the one port (default 1)")
     serve.add_argument("--allow-anonymous", action="store_true",
                        help="allow EXPORTER_AUTH=off on a host other than loopback")
     commands.add_parser("worker", help="run export job workers (EXPORTER_JOB_WORKERS) without HTTP")
@@ -38,19 +38,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin.add_commands(commands)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         settings = Settings.from_environ()
     except ConfigError as exc:
         print(f"exporter: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_format)
     if args.command == "serve":
         if settings.auth == "off" and not _loopback(args.host) and not args.allow_anonymous:
             print(f"exporter: EXPORTER_AUTH=off would let anyone who reaches {args.host} read everything; serve on "
                   "127.0.0.1, turn auth on, or pass --allow-anonymous", file=sys.stderr)
             return 2
-        return _serve(settings, args.host, args.port)
+        if args.workers < 1:
+            print("exporter: --workers must be 1 or more", file=sys.stderr)
+            return 2
+        from exporter import server
+
+        return server.serve(args.host, args.port, args.workers)
     if args.command in ("keys", "audit"):
         try:
             return asyncio.run(admin.run(settings, args))
@@ -74,37 +78,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _serve(settings: Settings, host: str, port: int) -> int:
-    import uvicorn
-
-    from exporter.app import create_app
-
-    app = create_app(settings)
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            """As uvicorn's, but without raising the signal again once the graceful shutdown is done: uvicorn does,
-            so the process died by SIGTERM (exit status 143) although it had stopped cleanly. Like `exporter
-            worker`, a stopped server exits 0."""
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            # Running jobs go back to the queue at once, not after the open downloads have ended.
-            runner = getattr(app.state, "runner", None)
-            if runner is not None:
-                asyncio.get_running_loop().call_soon_threadsafe(runner.stop_soon)
-
-    Server(uvicorn.Config(app, host=host, port=port)).run()
-    return 0
 
 
 async def _work(settings: Settings) -> int:

@@ -18,6 +18,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see README "Files"
 MAX_FILE_CHUNK_BYTES = 64 * 1024 * 1024
+DEFAULT_PARQUET_ROW_GROUP_ROWS = 131_072  # memory holds about one row group of a Parquet export
 ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # file roots and upstreams: safe in a URL path as they are
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
 # Meaningful for one connection only, never relayed (RFC 9110 §7.6.1).
@@ -29,7 +30,12 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 # Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
-AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "session_hours")
+AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format", "drain_seconds",
+                 "session_hours")
+# Export formats; each also reads EXPORTER_<NAME> from the environment.
+FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
+# Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
+LIMIT_SETTINGS = ("export_slots", "reserved_slots", "send_timeout_seconds", "statement_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class DatasetConfig:
     sql: str | None = None
     filterable: tuple[str, ...] = ()
     source: str | None = None
+    formula_guard: bool = False  # the CSV formula guard by default (formula_guard=false turns it off)
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
     copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
+    arrow_fast_path: bool = True  # PostgreSQL Parquet and Arrow exports read through ADBC into Arrow
+    parquet_row_group_rows: int = DEFAULT_PARQUET_ROW_GROUP_ROWS
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     file_roots: Mapping[str, FileRootConfig] = field(default_factory=dict)
@@ -91,6 +100,12 @@ class Settings:
     auth: str = "required"  # or "off": every request is anonymous and may do anything
     link_ttl_seconds: float = 900.0  # signed result links work this long
     key_max_concurrent: int = 4  # downloads and jobs at once per key, unless the key says otherwise
+    log_format: str | None = None  # json | text; None: text on a terminal, JSON otherwise
+    drain_seconds: float = 30.0  # on SIGTERM, how long downloads in flight may take before they are stopped
+    export_slots: int | None = None  # exports at once per database; None: 20 on PostgreSQL, 4 on SQLite
+    reserved_slots: int = 10  # pool connections per database that exports never take (log, jobs, catalog)
+    send_timeout_seconds: float = 60.0  # a response whose client takes no data this long is aborted
+    statement_timeout_seconds: float | None = None  # the longest wait for an export's first chunk; None: no limit
     session_hours: float = 12.0  # a browser session (sign-in cookie) lasts this long
 
     @classmethod
@@ -99,7 +114,7 @@ class Settings:
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", *JOB_SETTINGS, *AUTH_SETTINGS}
+                 "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -111,12 +126,15 @@ class Settings:
             database_url=str(data.get("database_url", DEFAULT_DATABASE_URL)),
             batch_rows=_whole("batch_rows", data.get("batch_rows", cls.batch_rows), 1),
             copy_fast_path=_flag("copy_fast_path", data.get("copy_fast_path", True)),
+            arrow_fast_path=_flag("arrow_fast_path", data.get("arrow_fast_path", True)),
             datasets=datasets,
             sources=sources,
             file_roots=_file_roots(data.get("files", {})),
             file_chunk_bytes=_whole("file_chunk_bytes", data.get("file_chunk_bytes", cls.file_chunk_bytes), 1,
                                     MAX_FILE_CHUNK_BYTES),
             upstreams=_upstreams(data.get("upstreams", {}), environ),
+            parquet_row_group_rows=_whole("parquet_row_group_rows",
+                                          data.get("parquet_row_group_rows", cls.parquet_row_group_rows), 1),
             jobs_dir=Path(str(data.get("jobs_dir", cls.jobs_dir))),
             job_workers=_whole("job_workers", data.get("job_workers", cls.job_workers), 0),
             job_lease_seconds=_seconds("job_lease_seconds", data.get("job_lease_seconds", cls.job_lease_seconds)),
@@ -129,6 +147,15 @@ class Settings:
             link_ttl_seconds=_seconds("link_ttl_seconds", data.get("link_ttl_seconds", cls.link_ttl_seconds)),
             key_max_concurrent=_whole("key_max_concurrent", data.get("key_max_concurrent", cls.key_max_concurrent),
                                       1),
+            log_format=_choice("log_format", data["log_format"], ("json", "text")) if data.get("log_format") else None,
+            drain_seconds=_seconds("drain_seconds", data.get("drain_seconds", cls.drain_seconds)),
+            export_slots=(None if data.get("export_slots") is None
+                          else _whole("export_slots", data["export_slots"], 1)),
+            reserved_slots=_whole("reserved_slots", data.get("reserved_slots", cls.reserved_slots), 1),
+            send_timeout_seconds=_seconds("send_timeout_seconds",
+                                          data.get("send_timeout_seconds", cls.send_timeout_seconds)),
+            statement_timeout_seconds=_seconds_or_off("statement_timeout_seconds",
+                                                      data.get("statement_timeout_seconds")),
             session_hours=_seconds("session_hours", data.get("session_hours", cls.session_hours)),
         )
 
@@ -140,7 +167,8 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *JOB_SETTINGS, *AUTH_SETTINGS):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *FORMAT_SETTINGS,
+                    *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
@@ -187,7 +215,7 @@ def _source_url(name: str, table: Mapping[str, Any], environ: Mapping[str, str])
 
 
 def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) -> DatasetConfig:
-    unknown = set(table) - {"description", "table", "sql", "key", "filterable", "source"}
+    unknown = set(table) - {"description", "table", "sql", "key", "filterable", "source", "formula_guard"}
     if unknown:
         raise ConfigError(f"dataset {name}: unknown keys {', '.join(sorted(unknown))}")
     if ("table" in table) == ("sql" in table):
@@ -208,6 +236,7 @@ def _dataset(name: str, table: Mapping[str, Any], sources: Mapping[str, str]) ->
         sql=table.get("sql"),
         filterable=tuple(filterable),
         source=source,
+        formula_guard=_flag(f"dataset {name}: formula_guard", table.get("formula_guard", False)),
     )
 
 
@@ -329,3 +358,10 @@ def _seconds(name: str, value: Any) -> float:
     if not 0 < seconds < float("inf"):
         raise ConfigError(f"{name} must be more than 0")
     return seconds
+
+
+def _seconds_or_off(name: str, value: Any) -> float | None:
+    """A number of seconds, or None for no limit: unset, 0 or `off`."""
+    if value is None or str(value).strip().lower() in ("0", "0.0", "off"):
+        return None
+    return _seconds(name, value)

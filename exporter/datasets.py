@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +11,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exporter.capacity import ExportSlots
 from exporter.config import DatasetConfig
 from exporter.db import database_errors
 from exporter.errors import DatasetUnavailable, UnknownDataset
 
-# What a value is, for parsing filters and for rendering; see serializers.py.
+# What a value is, for parsing filters and for rendering; see formats/values.py.
 KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",
          "interval", "uuid", "json", "bytes", "other")
 
@@ -40,6 +41,7 @@ class Column:
     kind: str
     nullable: bool
     scale: int | None = None  # numeric scale, needed where SQLite hands back floats
+    precision: int | None = None  # numeric precision, for the typed formats' decimal types
     # Selected as PostgreSQL's text output on both export paths: types whose driver values do not map
     # one to one onto that text (dates incl. infinity, intervals, real, arrays, timetz, other types).
     as_text: bool = False
@@ -50,6 +52,7 @@ class Dataset:
     config: DatasetConfig
     columns: Mapping[str, Column]
     engine: AsyncEngine
+    slots: ExportSlots | None = None  # its database's export slots; None (tools, unit tests): no limit
 
     @property
     def name(self) -> str:
@@ -59,8 +62,9 @@ class Dataset:
     def key(self) -> Column:
         return self.columns[self.config.key]
 
-    def describe(self, visible: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """Discovery JSON; with `visible` (a key's column restriction) only those columns, in that order."""
+    def describe(self, formats: Sequence[str], visible: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Discovery JSON; `formats` are the format names an export of it may end in; with `visible` (a key's
+        column restriction) only those columns, in that order."""
         columns = list(self.columns.values()) if visible is None else [
             self.columns[name] for name in visible if name in self.columns]
         shown = {c.name for c in columns}
@@ -70,16 +74,18 @@ class Dataset:
             "key": self.config.key,
             "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in columns],
             "filterable": [name for name in self.config.filterable if name in shown],
-            "formats": ["csv", "ndjson", "csv.gz", "ndjson.gz"],
+            "formats": list(formats),
         }
 
 
 class Catalog:
     """Datasets by name; each is reflected from its source database on first use and then cached."""
 
-    def __init__(self, configs: Mapping[str, DatasetConfig], engines: Mapping[str | None, AsyncEngine]) -> None:
+    def __init__(self, configs: Mapping[str, DatasetConfig], engines: Mapping[str | None, AsyncEngine],
+                 slots: Mapping[str | None, ExportSlots] | None = None) -> None:
         self._configs = configs
         self._engines = engines
+        self._slots = slots or {}
         self._cache: dict[str, Dataset] = {}
 
     @property
@@ -98,11 +104,12 @@ class Catalog:
         if config is None:
             raise UnknownDataset(f"no dataset named {name!r}; GET /datasets lists them", parameter="name")
         engine = self._engines[config.source]
+        # Not an export slot: the pool's reserve serves this, so /datasets answers while exports are busy.
         with database_errors(f"dataset {name!r}"):
             async with engine.connect() as conn:
                 columns = await _reflect(conn, config)
         _check(config, columns)
-        dataset = Dataset(config, {c.name: c for c in columns}, engine)
+        dataset = Dataset(config, {c.name: c for c in columns}, engine, self._slots.get(config.source))
         self._cache[name] = dataset
         return dataset
 
@@ -150,6 +157,7 @@ def _from_sqlalchemy(reflected: Any, dialect: Dialect) -> Column:
         kind=kind,
         nullable=bool(reflected["nullable"]),
         scale=getattr(sa_type, "scale", None),
+        precision=getattr(sa_type, "precision", None) if kind == "decimal" else None,
         as_text=as_text,
     )
 

@@ -18,23 +18,30 @@ from exporter import metrics
 from exporter.errors import DatabaseUnavailable, DatasetUnavailable
 
 APPLICATION_NAME = "exporter"
+POOL_SIZE = 10
+POOL_CONNECTIONS = 30
 
 
-def create_db_engine(url: str, application_name: str = APPLICATION_NAME) -> AsyncEngine:
+def create_db_engine(url: str, application_name: str = APPLICATION_NAME,
+                     pool_connections: int = POOL_CONNECTIONS) -> AsyncEngine:
     """An async engine; the caller disposes it. SQLite files get their folder, WAL and a busy timeout.
-    `application_name` names its PostgreSQL sessions in pg_stat_activity."""
+    `application_name` names its PostgreSQL sessions in pg_stat_activity. Its pool opens at most
+    `pool_connections` connections (and keeps up to 10 of them open when idle)."""
     parsed = make_url(url)
+    pool_size = min(POOL_SIZE, pool_connections)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+            engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_connections - pool_size)
+        else:
+            engine = create_async_engine(url)  # one connection is the whole database
         # WAL lets exports read while the export log is written; readers never block the writer.
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
         url,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=pool_connections - pool_size,
         pool_pre_ping=True,
         connect_args={
             "server_settings": {
@@ -78,8 +85,11 @@ def _reason(error: BaseException) -> str:
 
 
 @asynccontextmanager
-async def open_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def open_snapshot(engine: AsyncEngine, idle_seconds: float | None = None) -> AsyncIterator[AsyncConnection]:
     """A connection in a read-only transaction; on PostgreSQL REPEATABLE READ, so one export sees one snapshot.
+    With `idle_seconds`, PostgreSQL ends the session when the transaction sits idle that long between two
+    statements (idle_in_transaction_session_timeout): a backstop that frees the connection, its snapshot and the
+    rows vacuum must keep for it, should the service stop reading without closing it.
 
     The connection goes back to the pool on exit, even when the caller is being cancelled.
     """
@@ -90,6 +100,9 @@ async def open_snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         if engine.dialect.name == "postgresql":
             await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         await conn.begin()
+        if idle_seconds is not None and engine.dialect.name == "postgresql":
+            milliseconds = max(1, round(idle_seconds * 1000))
+            await conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {milliseconds}")
         yield conn
     finally:
         with anyio.CancelScope(shield=True):

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 
 class ExportError(Exception):
@@ -60,6 +61,10 @@ class InvalidParameter(ExportError):
 
 class AfterRequiresKeyOrder(ExportError):
     pass
+
+
+class TooManyRowsForXlsx(ExportError):
+    """An XLSX export would have more rows than an Excel sheet holds; counted before the first byte."""
 
 
 class DatasetUnavailable(ExportError):
@@ -222,10 +227,28 @@ class TooManyRequests(ExportError):
     status = 429
 
 
+class ShuttingDown(ExportError):
+    """The server is draining (SIGTERM): no new downloads; those in flight are stopped when the drain is over."""
+
+    status = 503
+
+
 class RowLimitExceeded(ExportError):
     """The export would pass the key's --max-rows for the dataset: the transfer is aborted, never ended cleanly."""
 
     status = 403
+
+
+class Busy(ExportError):
+    """Every slot the dataset's database gives to exports is taken; answered at once, with Retry-After."""
+
+    status = 503
+
+
+class StatementTimeout(ExportError):
+    """The export's query sent no row within EXPORTER_STATEMENT_TIMEOUT_SECONDS; it has been cancelled."""
+
+    status = 504
 
 
 class ConfigError(Exception):
@@ -260,19 +283,30 @@ def install_error_handlers(app: FastAPI,
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         code = re.sub(r"\W+", "_", _reason(exc.status_code)).lower()
-        return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-        )
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed(request))  # every route on this path, not just the first
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return JSONResponse(error_body("invalid_parameter", f"{where}: {first.get('msg')}"), status_code=400)
+        location = [str(part) for part in first.get("loc", ())]
+        parameter = location[1] if len(location) > 1 and location[0] in ("query", "path", "header") else None
+        return JSONResponse(error_body("invalid_parameter", f"{'.'.join(location)}: {first.get('msg')}", parameter),
+                            status_code=400)
 
     app.add_exception_handler(ExportError, on_export_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+
+
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def _reason(status: int) -> str:

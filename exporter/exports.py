@@ -10,40 +10,50 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import pyarrow as pa
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import metrics
-from exporter.compression import iter_gzip
+from exporter import logs, metrics
+from exporter.capacity import iter_limited
+from exporter.compression import COMPRESSORS
 from exporter.config import Settings
 from exporter.datasets import Catalog, Dataset
-from exporter.errors import RowLimitExceeded
-from exporter.keys import NO_RESTRICTION, Restriction
-from exporter.models import ExportLogEntry
-from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
-from exporter.queries import ExportQuery, build_query
-from exporter.rows import iter_rows
-from exporter.serializers import (
+from exporter.errors import Busy, RowLimitExceeded, TooManyRowsForXlsx
+from exporter.formats import (
     BOM,
+    FORMATS,
+    MAX_ROWS,
     CsvOptions,
+    ExportFormat,
+    FormatDefaults,
+    Options,
     Serializer,
     create_serializer,
     format_options,
-    media_type,
     split_filename,
 )
+from exporter.formats.arrow import ArrowStreamSerializer
+from exporter.formats.parquet import ParquetSerializer
+from exporter.keys import NO_RESTRICTION, Restriction
+from exporter.models import ExportLogEntry
+from exporter.pgarrow import iter_arrow
+from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
+from exporter.queries import ExportQuery, build_query
+from exporter.rows import count_rows, iter_rows
 
 log = logging.getLogger(__name__)
 
 
-EXPORT_FORMATS = ("csv", "ndjson", "csv.gz", "ndjson.gz")
+EXPORT_FORMATS = tuple(FORMATS)  # what an export's name may end in, and a job's `format`
+# An export's transaction waits for its client at most the send timeout between two statements; PostgreSQL ends
+# one idle this much longer (idle_in_transaction_session_timeout), a backstop should the service itself stall.
+IDLE_MARGIN_SECONDS = 30.0
 
 
 def export_media_type(fmt: str) -> str:
     """The Content-Type of an export file in format `fmt` (`csv.gz` is a gzip file, not gzip-encoded CSV)."""
-    if fmt.endswith(".gz"):
-        return "application/gzip"
-    return media_type(None if fmt == "ndjson" else CsvOptions())
+    return FORMATS[fmt].media_type
 
 
 @dataclass(frozen=True)
@@ -52,10 +62,19 @@ class Export:
 
     dataset: Dataset
     query: ExportQuery
-    options: CsvOptions | None  # None for NDJSON
-    format: str  # csv | ndjson | csv.gz | ndjson.gz
-    gzip_file: bool
+    options: Options
+    export_format: ExportFormat
     max_rows: int | None = None  # the key's limit: an export that passes it is aborted
+
+    @property
+    def format(self) -> str:
+        """The format's name: csv, ndjson, csv.gz, ..., parquet, arrow, xlsx (a key of FORMATS)."""
+        return self.export_format.name
+
+    @property
+    def compression(self) -> str | None:
+        """The whole file's compression (`.gz`, `.zst` names), not a negotiated Content-Encoding."""
+        return self.export_format.compression
 
     @property
     def filename(self) -> str:
@@ -63,14 +82,14 @@ class Export:
 
 
 async def prepare_export(catalog: Catalog, filename: str, params: list[tuple[str, str]],
-                         restriction: Restriction = NO_RESTRICTION) -> Export:
+                         restriction: Restriction = NO_RESTRICTION, settings: Settings | None = None) -> Export:
     """Validate the name and every parameter, within a key's restriction on the dataset; raises the ExportError
-    that names what is wrong."""
-    name, fmt, gzip_file = split_filename(filename)
+    that names what is wrong. `settings` give the format defaults (the Parquet row group size)."""
+    name, fmt = split_filename(filename)
     dataset = await catalog.get(name)
     query = build_query(dataset, params, dataset.engine.dialect.name, restriction)
-    options = format_options(fmt, dict(params))
-    return Export(dataset, query, options, fmt + (".gz" if gzip_file else ""), gzip_file, restriction.max_rows)
+    options = format_options(fmt, dict(params), format_defaults(dataset, settings or Settings()))
+    return Export(dataset, query, options, FORMATS[fmt], restriction.max_rows)
 
 
 @dataclass
@@ -85,11 +104,12 @@ class ExportRecord:
     kind: str = "export"
     key_name: str | None = None
     resource: str | None = None  # a file's or relayed path; a job's id
+    request_id: str | None = field(default_factory=logs.request_id.get)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.monotonic)
     rows: int = 0
     bytes: int = 0
-    path: str | None = "generic"  # copy | generic, for exports
+    path: str | None = "generic"  # copy | adbc | generic, for exports
 
     def set_rows(self, rows: int) -> None:
         self.rows = rows
@@ -106,21 +126,78 @@ async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serial
             pending = b""
         yield pending + serializer.footer()
     finally:
-        await batches.aclose()  # type: ignore[attr-defined]
+        try:
+            await batches.aclose()  # type: ignore[attr-defined]
+        finally:
+            close = getattr(serializer, "close", None)  # a serializer that holds open state (XLSX's zip)
+            if close is not None:
+                close()
 
 
-def open_chunks(dataset: Dataset, query: ExportQuery, options: CsvOptions | None, settings: Settings,
-                record: ExportRecord) -> AsyncIterator[bytes]:
-    """The export's bytes: from COPY where it applies (PostgreSQL, fast path on), else cursor + serializer."""
+def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings: Settings,
+                record: ExportRecord, *, wait_for_slot: bool = False) -> AsyncIterator[bytes]:
+    """The export's bytes, uncompressed: from COPY where it applies (PostgreSQL, fast path on, CSV or NDJSON),
+    from ADBC for Parquet and Arrow on PostgreSQL, else cursor + serializer. They start once one of the
+    database's export slots is held: without `wait_for_slot` (a request) the first chunk raises Busy when none is
+    free; a job waits for one. See iter_limited for the statement timeout."""
+    return iter_limited(_open_chunks(dataset, query, options, settings, record), dataset.slots,
+                        wait_for_slot=wait_for_slot, first_chunk_seconds=settings.statement_timeout_seconds)
+
+
+def _open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings: Settings,
+                 record: ExportRecord) -> AsyncIterator[bytes]:
     dialect = dataset.engine.dialect.name
-    fmt = "ndjson" if options is None else "csv"
-    if settings.copy_fast_path and dialect == "postgresql" and copy_applies(query, fmt, options):
+    idle_seconds = settings.send_timeout_seconds + IDLE_MARGIN_SECONDS
+    fmt = options.serialization
+    csv = options if isinstance(options, CsvOptions) else None
+    if (settings.copy_fast_path and dialect == "postgresql" and fmt in ("csv", "ndjson")
+            and copy_applies(query, fmt, csv)):
         record.path = "copy"
-        chunks = iter_copy(dataset.engine, copy_statement(query, fmt), copy_options(fmt, options), record.set_rows)
-        return _iter_prefixed(BOM, chunks) if options is not None and options.bom else chunks
+        statement = copy_statement(query, fmt, formula_guard=csv is not None and csv.formula_guard)
+        chunks = iter_copy(dataset.engine, statement, copy_options(fmt, csv), record.set_rows, idle_seconds)
+        return _iter_prefixed(BOM, chunks) if csv is not None and csv.bom else chunks
+    serializer = create_serializer(query.columns, dialect, options)
+    if settings.arrow_fast_path and dialect == "postgresql" and isinstance(
+            serializer, ParquetSerializer | ArrowStreamSerializer):
+        record.path = "adbc"
+        return _iter_encoded_arrow(iter_arrow(dataset.engine, query, serializer.schema), serializer, record)
     record.path = "generic"
-    batches = iter_rows(dataset.engine, query.statement, settings.batch_rows)
-    return iter_encoded(batches, create_serializer(query.columns, dialect, options), record)
+    batches = iter_rows(dataset.engine, query.statement, settings.batch_rows, idle_seconds)
+    chunks = iter_encoded(batches, serializer, record)
+    if fmt in MAX_ROWS:
+        return _iter_within_row_limit(dataset, query, MAX_ROWS[fmt], chunks)
+    return chunks
+
+
+async def _iter_within_row_limit(dataset: Dataset, query: ExportQuery, max_rows: int, chunks: AsyncIterator[bytes]
+                                 ) -> AsyncIterator[bytes]:
+    """`chunks`, once a count with the export's filters shows at most `max_rows` rows; else TooManyRowsForXlsx
+    before the first byte (the only format with a row limit), which the response turns into a 400."""
+    try:
+        rows = await count_rows(dataset.engine, query.statement)
+        if rows > max_rows:
+            raise TooManyRowsForXlsx(
+                f"the export has {rows:,} rows and an Excel sheet holds {max_rows:,} below its header: "
+                f"filter it (or use limit=) or export .csv, .parquet or .arrow instead", parameter="format")
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _iter_encoded_arrow(batches: AsyncIterator[pa.RecordBatch],
+                              serializer: ParquetSerializer | ArrowStreamSerializer, record: ExportRecord
+                              ) -> AsyncIterator[bytes]:
+    """As iter_encoded, for record batches."""
+    pending = serializer.header()
+    try:
+        async for batch in batches:
+            record.rows += batch.num_rows
+            yield pending + serializer.encode_arrow(batch)
+            pending = b""
+        yield pending + serializer.footer()
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
 
 
 async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -132,14 +209,19 @@ async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIt
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def iter_export(chunks: AsyncIterator[bytes], *, gzip: bool, record: ExportRecord, log_engine: AsyncEngine,
-                max_rows: int | None = None) -> AsyncIterator[bytes]:
-    """The export's body: optionally gzipped, aborted with RowLimitExceeded once it passes `max_rows`, and
-    recorded (see iter_recorded)."""
+def format_defaults(dataset: Dataset, settings: Settings) -> FormatDefaults:
+    return FormatDefaults(formula_guard=dataset.config.formula_guard,
+                          parquet_row_group_rows=settings.parquet_row_group_rows)
+
+
+def iter_export(chunks: AsyncIterator[bytes], *, compression: str | None, record: ExportRecord,
+                log_engine: AsyncEngine, max_rows: int | None = None) -> AsyncIterator[bytes]:
+    """The export's body: compressed with `compression` ("gzip", "zstd" or None), aborted with RowLimitExceeded
+    once it passes `max_rows`, and recorded (see iter_recorded)."""
     if max_rows is not None:
         chunks = _iter_row_limited(chunks, record, max_rows)
-    if gzip:
-        chunks = iter_gzip(chunks)
+    if compression is not None:
+        chunks = COMPRESSORS[compression](chunks)
     return iter_recorded(chunks, record, log_engine)
 
 
@@ -153,12 +235,10 @@ async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, 
 
     try:
         async for chunk in chunks:
-            if record.path == "generic" and passed():
+            if record.path != "copy" and passed():
                 break
             yield chunk
         if passed():
-            log.warning("export of %s stopped: the key %s may read at most %d rows", record.dataset,
-                        record.key_name, max_rows)
             raise RowLimitExceeded(f"this export has more than {max_rows} rows, the most this key may read; "
                                    "narrow it with filters or limit=")
     finally:
@@ -196,13 +276,13 @@ class _Recorded:
             chunk = await anext(self._chunks)
         except StopAsyncIteration:
             self._outcome = "completed"
+            await self.aclose()  # the row is there before the response's last byte, as a client would expect
             raise
         except Exception as exc:
-            self._outcome, self._error = "failed", f"{type(exc).__name__}: {exc}"
-            if record.bytes:
-                log.error("%s of %s aborted after %d bytes: %s", record.kind, record.dataset, record.bytes,
-                          self._error)
-            raise
+            # Refused for capacity before any byte is `limited`, as a 429 is.
+            self._outcome = "limited" if isinstance(exc, Busy) else "failed"
+            self._error = f"{type(exc).__name__}: {exc}"
+            raise  # logged once by the server's request log (logs.RequestIds), or as the job's failure
         if not record.bytes and chunk:
             metrics.FIRST_BYTE.labels(record.kind).observe(time.monotonic() - record.started)
         record.bytes += len(chunk)
@@ -252,6 +332,7 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
                     kind=record.kind,
                     key_name=record.key_name,
                     resource=record.resource,
+                    request_id=record.request_id,
                 )
             )
     except Exception:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 from sqlalchemy import exc, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -254,7 +255,7 @@ class Jobs:
         job = await self._change(job_id, [Job.state == "succeeded"], {"state": "expired", "expires_at": stamp},
                                  ["state", "expired"])
         if job is not None:
-            self.result_path(job).unlink(missing_ok=True)
+            await anyio.Path(self.result_path(job)).unlink(missing_ok=True)  # ~60 ms for 90 MB: not on the loop
         return job
 
     def result_path(self, job: Job) -> Path:

@@ -1,16 +1,18 @@
-"""Per-key fairness: at most max_concurrent downloads and jobs at once (429 with Retry-After and the IETF draft
-RateLimit headers), and the downloads of a key that is revoked or expires stopped within seconds."""
+"""Admitting downloads: per-key fairness (at most max_concurrent downloads and jobs at once; 429 with Retry-After
+and the IETF draft RateLimit headers), the downloads of a key that is revoked or expires stopped within seconds,
+and draining on shutdown (new downloads refused, those in flight given time, then stopped)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from exporter.errors import TooManyRequests
+from exporter.errors import ExportError, RevokedToken, ShuttingDown, TooManyRequests
 from exporter.jobs import Jobs
 from exporter.keys import Caller, Keys
 
@@ -22,10 +24,24 @@ RETRY_AFTER_SECONDS = 5
 
 @dataclass(frozen=True)
 class Hold:
-    """One admitted download: `stopped` is set when its key stops being valid; `release` frees its place."""
+    """One admitted download: `stopped` is set when its key stops being valid, `aborted` when the drain is over;
+    `release` frees its place."""
 
     stopped: asyncio.Event
+    aborted: asyncio.Event
     release: Callable[[], None]
+
+    async def stop_reason(self) -> ExportError:
+        """Wait until the download must stop; the error that says why."""
+        waits = [asyncio.ensure_future(self.stopped.wait()), asyncio.ensure_future(self.aborted.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self.stopped.is_set():
+            return RevokedToken("the key was revoked or expired during the download")
+        return ShuttingDown("the server is shutting down; download again")
 
 
 @contextmanager
@@ -48,12 +64,20 @@ class Limits:
         self._default = default_max_concurrent
         self._active: dict[str, int] = {}
         self._stopped: dict[str, asyncio.Event] = {}
+        self.draining = False
+        self._aborted = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
-    async def admit(self, caller: Caller) -> Hold | None:
-        """A place for one more download or job of this key (None for the anonymous caller, who has no limit);
-        TooManyRequests when its downloads here and its unfinished jobs reach its max_concurrent."""
+    async def admit(self, caller: Caller) -> Hold:
+        """A place for one more download or job of this caller. Raises ShuttingDown while draining, and
+        TooManyRequests when a key's downloads here and its unfinished jobs reach its max_concurrent."""
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; try again (another replica will answer)",
+                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if caller.key_id is None:
-            return None
+            return self._hold(None, asyncio.Event())
         most = caller.max_concurrent or self._default
         busy = self._active.get(caller.key_id, 0) + await self._jobs.unfinished(caller.key_id)
         if busy >= most:
@@ -64,7 +88,11 @@ class Limits:
                          "RateLimit": f'"concurrency";r=0;t={RETRY_AFTER_SECONDS}'})
         key_id = caller.key_id
         self._active[key_id] = self._active.get(key_id, 0) + 1
-        stopped = self._stopped.setdefault(key_id, asyncio.Event())
+        return self._hold(key_id, self._stopped.setdefault(key_id, asyncio.Event()))
+
+    def _hold(self, key_id: str | None, stopped: asyncio.Event) -> Hold:
+        self._in_flight += 1
+        self._idle.clear()
         released = False
 
         def release() -> None:
@@ -72,12 +100,31 @@ class Limits:
             if released:
                 return
             released = True
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+            if key_id is None:
+                return
             self._active[key_id] -= 1
             if not self._active[key_id]:
                 del self._active[key_id]
                 self._stopped.pop(key_id, None)
 
-        return Hold(stopped, release)
+        return Hold(stopped, self._aborted, release)
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new downloads, give those in flight `seconds` to finish, then stop the rest (incomplete
+        transfers) and wait a moment for them to close."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        if self._in_flight:
+            log.warning("drain: stopping %d downloads still running after %.0f s", self._in_flight, seconds)
+            self._aborted.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._idle.wait()
 
     async def watch(self) -> None:
         """Stop the downloads of keys that were revoked or expired; runs until cancelled."""

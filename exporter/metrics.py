@@ -4,9 +4,19 @@ parameter value."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,14 +29,16 @@ DOWNLOADS = Counter("exporter_downloads_total", "Downloads by how they ended",
                     ["kind", "dataset_or_root", "format", "outcome"])
 BYTES_SENT = Counter("exporter_bytes_sent_total", "Body bytes sent", ["kind"])
 ROWS_SENT = Counter("exporter_rows_sent_total", "Rows sent in exports", ["dataset"])
-ACTIVE_STREAMS = Gauge("exporter_active_streams", "Downloads being sent now", ["kind"])
+ACTIVE_STREAMS = Gauge("exporter_active_streams", "Downloads being sent now", ["kind"], multiprocess_mode="livesum")
 DURATION = Histogram("exporter_download_duration_seconds", "From the request to the end of the body", ["kind"],
                      buckets=BUCKETS)
 FIRST_BYTE = Histogram("exporter_first_byte_seconds", "From the request to the first body byte", ["kind"],
                        buckets=BUCKETS)
-JOBS = Gauge("exporter_jobs", "Jobs by state (read from the database at each scrape)", ["state"])
+JOBS = Gauge("exporter_jobs", "Jobs by state (read from the database at each scrape)", ["state"],
+             multiprocess_mode="mostrecent")
 QUEUE_WAIT = Histogram("exporter_job_queue_wait_seconds", "From a job's submission to its start", buckets=BUCKETS)
-POOL_IN_USE = Gauge("exporter_db_pool_in_use", "Connections checked out of each database's pool", ["database"])
+POOL_IN_USE = Gauge("exporter_db_pool_in_use", "Connections checked out of each database's pool", ["database"],
+                    multiprocess_mode="livesum")
 POOL_WAIT = Histogram("exporter_db_pool_wait_seconds", "Time an export waited for a database connection",
                       buckets=BUCKETS)
 UPSTREAM_ERRORS = Counter("exporter_upstream_errors_total", "Upstream failures", ["upstream", "reason"])
@@ -53,4 +65,10 @@ async def render(engines: Mapping[str | None, AsyncEngine], jobs_engine: AsyncEn
         JOBS.labels(state).set(counts.get(state, 0))
     for name, engine in engines.items():
         POOL_IN_USE.labels(name or "service").set(engine.pool.checkedout())  # type: ignore[attr-defined]
-    return generate_latest(), CONTENT_TYPE_LATEST
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(), CONTENT_TYPE_LATEST
+    # `exporter serve --workers N`: the sums of every worker's samples, plus this process's own process metrics.
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    ProcessCollector(registry=registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -137,7 +137,7 @@ class ExportLogEntry(Base):
     format: Mapped[str] = mapped_column(Text)
     parameters: Mapped[dict[str, list[str]]] = mapped_column(JSON)
     outcome: Mapped[str] = mapped_column(Text)  # completed | aborted (by the client) | failed | denied | limited
-    path: Mapped[str | None] = mapped_column(Text)  # copy (PostgreSQL COPY) | generic (cursor + serializer)
+    path: Mapped[str | None] = mapped_column(Text)  # copy (PostgreSQL COPY) | adbc (ADBC into Arrow) | generic (cursor)
     rows: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
     duration_seconds: Mapped[float] = mapped_column(Float)
@@ -146,6 +146,7 @@ class ExportLogEntry(Base):
     kind: Mapped[str | None] = mapped_column(Text)  # export | file | relay | job | job_result
     key_name: Mapped[str | None] = mapped_column(Text)
     resource: Mapped[str | None] = mapped_column(Text)  # a file's or relayed path; a job's id
+    request_id: Mapped[str | None] = mapped_column(Text)  # X-Request-ID, as on the request's log lines
 
 
 class Order(DemoBase):

@@ -1,6 +1,6 @@
 """The PostgreSQL fast path: the export's SELECT run inside COPY, so PostgreSQL formats the rows.
 
-Each column is rendered in SQL exactly as the generic path's serializers write it (see serializers.py),
+Each column is rendered in SQL exactly as the generic path's serializers write it (see formats/),
 so the two paths give the same bytes; the tests compare them type by type.
 """
 
@@ -18,11 +18,12 @@ from sqlalchemy.sql.elements import ColumnElement
 from exporter.config import Settings
 from exporter.datasets import Catalog, Column
 from exporter.db import create_db_engine, database_errors, open_snapshot
+from exporter.formats import CsvOptions
+from exporter.formats.csv import FORMULA_STARTS, guarded_columns
 from exporter.queries import ExportQuery, build_query
-from exporter.serializers import CsvOptions
 
-CHUNK_BYTES = 64 * 1024  # COPY data arrives in socket-read pieces (~8 KiB); sent in chunks of about this
-QUEUED_PIECES = 16  # bounded buffering between COPY and the client: a slow client pauses COPY
+CHUNK_BYTES = 64 * 1024  # COPY data arrives in pieces of 8 KiB to ~300 KB; small ones are gathered up to this
+QUEUED_PIECES = 16  # bounded buffering between COPY and the client (up to ~5 MB): a slow client pauses COPY
 FLUSH_SECONDS = 0.05  # a chunk waits at most this long to fill up, so a slowly producing query still streams
 
 Render = Callable[[ColumnElement[Any]], ColumnElement[Any]]
@@ -50,6 +51,12 @@ def _csv_boolean(c: ColumnElement[Any]) -> ColumnElement[Any]:
 def _json_finite(c: ColumnElement[Any]) -> ColumnElement[Any]:
     # NaN and ±Infinity have no JSON form: null, as the generic path writes them.
     return func.nullif(func.nullif(func.nullif(c, _sql("NaN")), _sql("Infinity")), _sql("-Infinity"))
+
+
+def _formula_guarded(c: ColumnElement[Any]) -> ColumnElement[Any]:
+    # As formats/csv.py's guard: a leading quote on text starting with = + - @ tab or CR.
+    starts = func.left(c, 1).in_([_sql(s) for s in FORMULA_STARTS])
+    return case((starts, _sql("'").op("||")(c)), else_=c)
 
 
 def _json_one_line(c: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -82,11 +89,13 @@ def copy_applies(query: ExportQuery, fmt: str, options: CsvOptions | None) -> bo
     return len(query.columns) > 1
 
 
-def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
+def copy_statement(query: ExportQuery, fmt: str, *, formula_guard: bool = False) -> Select[Any]:
     """The SELECT whose COPY output is the export: CSV rows, or one JSON object per row."""
     render = CSV_RENDER if fmt == "csv" else JSON_RENDER
+    guarded = set(guarded_columns(query.columns, "postgresql")) if formula_guard else set()
     rendered = query.statement.with_only_columns(
-        *(_rendered(query, col, render) for col in query.columns), maintain_column_froms=True
+        *(_rendered(query, col, render, i in guarded) for i, col in enumerate(query.columns)),
+        maintain_column_froms=True,
     )
     if fmt == "csv":
         return rendered
@@ -94,7 +103,9 @@ def copy_statement(query: ExportQuery, fmt: str) -> Select[Any]:
     return select(cast(func.row_to_json(literal_column(row.name)), Text)).select_from(row)
 
 
-def _rendered(query: ExportQuery, col: Column, render: dict[str, Render]) -> ColumnElement[Any]:
+def _rendered(query: ExportQuery, col: Column, render: dict[str, Render], guard: bool) -> ColumnElement[Any]:
+    if guard:
+        return _formula_guarded(query.raw(col.name)).label(col.name)
     if col.as_text:
         return cast(query.raw(col.name), Text).label(col.name)
     if col.kind in render:
@@ -111,23 +122,24 @@ def copy_options(fmt: str, options: CsvOptions | None) -> dict[str, Any]:
 
 
 async def iter_copy(engine: AsyncEngine, statement: Select[Any], options: dict[str, Any],
-                    on_rows: Callable[[int], None]) -> AsyncIterator[bytes]:
+                    on_rows: Callable[[int], None], idle_seconds: float | None = None) -> AsyncIterator[bytes]:
     """Yield COPY's output in chunks of about CHUNK_BYTES, inside the export's read-only snapshot.
 
     COPY runs in a task that feeds a bounded queue, so a slow client slows COPY down. Closing this
     iterator cancels COPY on the server and returns the connection. A failure mid-COPY is raised here.
-    `on_rows` gets the number of lines sent so far, then COPY's own row count when it completes.
+    `on_rows` gets the number of lines sent so far, then COPY's own row count when it completes. See open_snapshot
+    for `idle_seconds`.
     """
     compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     args = [compiled.params[name] for name in compiled.positiontup or ()]
     with database_errors("export"):
-        async for chunk in _iter_copy(engine, compiled.string, args, options, on_rows):
+        async for chunk in _iter_copy(engine, compiled.string, args, options, on_rows, idle_seconds):
             yield chunk
 
 
 async def _iter_copy(engine: AsyncEngine, sql: str, args: list[Any], options: dict[str, Any],
-                     on_rows: Callable[[int], None]) -> AsyncIterator[bytes]:
-    async with open_snapshot(engine) as conn:
+                     on_rows: Callable[[int], None], idle_seconds: float | None) -> AsyncIterator[bytes]:
+    async with open_snapshot(engine, idle_seconds) as conn:
         # SQLAlchemy's asyncpg adapter sends BEGIN with the first statement, and COPY goes to the driver
         # directly: one statement first puts COPY inside the export's read-only snapshot.
         await conn.exec_driver_sql("SELECT 1")

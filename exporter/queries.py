@@ -27,7 +27,7 @@ from exporter.errors import (
 from exporter.keys import NO_RESTRICTION, Restriction
 
 QUERY_PARAMETERS = frozenset({"columns", "order", "limit", "after"})
-CSV_PARAMETERS = frozenset({"header", "delimiter", "null", "bom"})
+CSV_PARAMETERS = frozenset({"header", "delimiter", "null", "bom", "formula_guard"})
 
 _INT64 = (-(2**63), 2**63 - 1)
 

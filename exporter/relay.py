@@ -265,12 +265,11 @@ class _UpstreamChunks:
 
     def _failure(self, exc: httpx.TransportError) -> UpstreamTimeout | UpstreamUnreachable:
         name = self._response.upstream.config.name
-        log.error("upstream %s: %s broke off after %d body bytes: %r", name, self._response.response.url.path,
-                  self._relayed_bytes, exc)
         UPSTREAM_ERRORS.labels(name, "broke_off").inc()
         if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout(f"upstream {name} stopped sending")
-        return UpstreamUnreachable(f"upstream {name} broke off its answer")
+            return UpstreamTimeout(f"upstream {name} stopped sending after {self._relayed_bytes} bytes ({exc!r})")
+        return UpstreamUnreachable(f"upstream {name} broke off its answer after {self._relayed_bytes} bytes "
+                                   f"({exc!r})")
 
     async def aclose(self) -> None:
         try:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from exporter.chunks import iter_file_chunks
-from exporter.errors import ExportError, RevokedToken, error_response
+from exporter.errors import ExportError, error_response
 from exporter.files import Target, if_range_holds, is_not_modified
 from exporter.limits import Hold
 from exporter.ranges import parse_range, range_body
@@ -46,8 +46,8 @@ def stream_response(chunks: AsyncIterator[bytes], headers: Mapping[str, str], st
     produces a 200. A client that leaves, even while the first chunk is awaited, cancels the producer.
     An error after the first byte propagates to the server, which then drops the connection without the
     final chunk (or short of the Content-Length): the client sees an incomplete transfer rather than a clean
-    end. `chunks` is closed in every case. A `hold` (see limits.py) is released when the response ends, and its
-    key being revoked stops the download the same way.
+    end. `chunks` is closed in every case. A `hold` (see limits.py) is released when the response ends; its key
+    being revoked, or the end of a shutdown's drain, stops the download the same way.
     """
     return ChunkedResponse(chunks, headers, status_code, hold)
 
@@ -97,7 +97,7 @@ class ChunkedResponse(Response):
         self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stopped = False
+        stopped: ExportError | None = None
         try:
             async with anyio.create_task_group() as group:
 
@@ -106,15 +106,14 @@ class ChunkedResponse(Response):
                         pass
                     group.cancel_scope.cancel()
 
-                async def stop_when_the_key_stops(hold: Hold) -> None:
+                async def stop_when_told(hold: Hold) -> None:
                     nonlocal stopped
-                    await hold.stopped.wait()
-                    stopped = True
+                    stopped = await hold.stop_reason()
                     group.cancel_scope.cancel()
 
                 group.start_soon(cancel_on_disconnect)
                 if self._hold is not None:
-                    group.start_soon(stop_when_the_key_stops, self._hold)
+                    group.start_soon(stop_when_told, self._hold)
                 try:
                     await self._send(scope, receive, send)
                 except OSError:
@@ -126,11 +125,10 @@ class ChunkedResponse(Response):
         finally:
             if self._hold is not None:
                 self._hold.release()
-        if stopped:
-            error = RevokedToken("the key was revoked or expired during the download")
+        if stopped is not None:
             if self._started:
-                raise error  # the server drops the connection: an incomplete transfer, never a clean end
-            await error_response(error)(scope, receive, send)
+                raise stopped  # the server drops the connection: an incomplete transfer, never a clean end
+            await error_response(stopped)(scope, receive, send)
 
     async def _send(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

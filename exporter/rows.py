@@ -1,5 +1,5 @@
-"""iter_rows: row batches from a server-side cursor inside the export's snapshot; estimate_rows: the planner's guess
-of how many there will be."""
+"""iter_rows: row batches from a server-side cursor inside the export's snapshot; count_rows: how many there are;
+estimate_rows: the planner's guess, without running the query."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import orjson
-from sqlalchemy import Select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -18,15 +18,16 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from exporter.db import database_errors, open_snapshot
 
 
-async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int) -> AsyncIterator[Sequence[Any]]:
-    """Yield batches of up to `batch_rows` rows from a server-side cursor.
+async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int,
+                    idle_seconds: float | None = None) -> AsyncIterator[Sequence[Any]]:
+    """Yield batches of up to `batch_rows` rows from a server-side cursor (see open_snapshot for `idle_seconds`).
 
     Holds one pooled connection from the first iteration until exhausted or closed; closing early (aclose,
     or cancellation) ends the query and returns the connection at once. Database errors are ExportErrors
     (see database_errors): a 503 before the first byte, an aborted response after it.
     """
     with database_errors("export"):
-        async with open_snapshot(engine) as conn:
+        async with open_snapshot(engine, idle_seconds) as conn:
             result = await conn.stream(statement.execution_options(yield_per=batch_rows))
             batches = aiter(result.partitions(batch_rows))
             # Read one batch ahead: the database (or SQLite's thread) fetches the next batch while this one
@@ -41,6 +42,14 @@ async def iter_rows(engine: AsyncEngine, statement: Select[Any], batch_rows: int
                     ahead.cancel()
                 with anyio.CancelScope(shield=True):
                     await asyncio.gather(ahead, return_exceptions=True)
+
+
+async def count_rows(engine: AsyncEngine, statement: Select[Any]) -> int:
+    """How many rows `statement` gives (its filters, `after` and `limit` included), in a snapshot of its own."""
+    with database_errors("export"):
+        async with open_snapshot(engine) as conn:
+            counted = await conn.scalar(select(func.count()).select_from(statement.subquery()))
+            return int(counted or 0)
 
 
 class _Explain(Executable, ClauseElement):

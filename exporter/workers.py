@@ -118,6 +118,7 @@ class Runner:
         try:
             size, sha256 = export.result()
         except ExportError as error:
+            log.warning("job %s failed: %s: %s", job.id, error.code(), error.message)
             await self._jobs.fail(job, owner, error.code(), error.message)
             return
         except Exception:
@@ -155,9 +156,10 @@ class Runner:
 
     async def _export(self, job: Job, record: ExportRecord) -> tuple[int, str]:
         export = await prepare_export(self._catalog, filename(job), list(job.params.items()),
-                                      Restriction.from_json(job.restriction))
-        chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record)
-        body = iter_export(chunks, gzip=export.gzip_file, record=record, log_engine=self._log_engine,
+                                      Restriction.from_json(job.restriction), self._settings)
+        chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
+                             wait_for_slot=True)
+        body = iter_export(chunks, compression=export.compression, record=record, log_engine=self._log_engine,
                            max_rows=export.max_rows)
         return await write_result(body, self._part(job.id, job.attempt), self._jobs.result_path(job))
 

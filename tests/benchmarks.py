@@ -43,7 +43,8 @@ RESULTS = REPO / "bench-results.json"
 EXPORTER = Path(sys.executable).with_name("exporter")
 PG_DATABASE = "exporter_bench"
 PSQL = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
-PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DATABASE}"
+PG_SERVER_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+PG_URL = f"{PG_SERVER_URL}/{PG_DATABASE}"
 SQLITE_URL = f"sqlite+aiosqlite:///{WORK / 'orders.db'}"
 ROWS = 1_000_000
 BIG_ROWS = 5_000_000
@@ -340,19 +341,26 @@ def run_command(command: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
+def create_pg_database(database: str) -> None:
+    """Drop `database` if it exists and create it empty."""
+    run_command([*PSQL, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
+                 "-c", f"CREATE DATABASE {database}"], bench_env())
+
+
+def migrate_and_seed(name: str, url: str, rows: int = ROWS) -> float:
+    """`exporter migrate` and `exporter seed-demo --rows rows` on `url`; the seconds the seed took."""
+    env = bench_env(EXPORTER_DATABASE_URL=url)
+    run_command([str(EXPORTER), "migrate"], env)
+    note(f"seeding {name} with {rows:,} rows")
+    return run_command([str(EXPORTER), "seed-demo", "--rows", str(rows)], env)
+
+
 def prepare_databases() -> dict[str, float]:
     """Fresh `exporter_bench` database and SQLite file, migrated and seeded with ROWS; seconds per seed."""
-    run_command([*PSQL, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)",
-                 "-c", f"CREATE DATABASE {PG_DATABASE}"], bench_env())
+    create_pg_database(PG_DATABASE)
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    seconds = {}
-    for name, url in (("postgresql", PG_URL), ("sqlite", SQLITE_URL)):
-        env = bench_env(EXPORTER_DATABASE_URL=url)
-        run_command([str(EXPORTER), "migrate"], env)
-        note(f"seeding {name} with {ROWS:,} rows")
-        seconds[name] = run_command([str(EXPORTER), "seed-demo", "--rows", str(ROWS)], env)
-    return seconds
+    return {name: migrate_and_seed(name, url) for name, url in (("postgresql", PG_URL), ("sqlite", SQLITE_URL))}
 
 
 def copy_queries() -> dict[str, str]:

@@ -79,6 +79,16 @@ class ChunkedReader:
         data = self._stream.read(size + 2)[:size]
         return data if size else None
 
+    def read_rest(self) -> bytes:
+        """Whatever the server still sends, raw, until it closes the connection (or resets it)."""
+        received = bytearray()
+        try:
+            while data := self._stream.read1(64 * 1024):
+                received += data
+        except ConnectionResetError:
+            pass
+        return bytes(received)
+
     def __enter__(self) -> ChunkedReader:
         return self
 

@@ -1,4 +1,4 @@
-"""accepts_gzip over Accept-Encoding headers; iter_gzip round trips, decodes chunk by chunk, and fails when cut."""
+"""Accept-Encoding negotiation; iter_gzip and iter_zstd round trip, decode chunk by chunk, and fail when cut."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+import zstandard
 
-from exporter.compression import accepts_gzip, iter_gzip
+from exporter.compression import accepts_gzip, choose_encoding, iter_gzip, iter_zstd
 
 
 @pytest.mark.parametrize(
@@ -114,6 +115,84 @@ def test_closing_the_gzip_stream_early_closes_its_source() -> None:
 
     async def read_one_then_leave() -> None:
         stream = iter_gzip(source())
+        await anext(stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(read_one_then_leave())
+    assert events == ["sent 0", "source closed"]
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "expected"),
+    [
+        ("zstd", "zstd"),
+        ("gzip, zstd", "gzip"),
+        ("zstd, gzip", "gzip"),
+        ("gzip, deflate, br, zstd", "gzip"),
+        ("zstd;q=1, gzip;q=0.9", "zstd"),
+        ("gzip;q=0.5, zstd;q=0.6", "zstd"),
+        ("zstd;q=0.5, gzip;q=0.5", "gzip"),
+        ("gzip;q=0, zstd", "zstd"),
+        ("zstd;q=0, *", "gzip"),
+        ("*", "gzip"),
+        ("*;q=0.5, zstd", "zstd"),
+        ("br", None),
+        ("identity", None),
+        ("", None),
+        ("zstd;q=0, gzip;q=0", None),
+        ("ZSTD", "zstd"),
+    ],
+)
+def test_choose_encoding_prefers_the_higher_weight_and_gzip_on_a_tie(accept_encoding: str, expected: str | None
+                                                                      ) -> None:
+    assert choose_encoding(accept_encoding) == expected
+
+
+def zstd_chunks(parts: Sequence[bytes]) -> list[bytes]:
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in iter_zstd(from_parts(parts))]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("count", CHUNK_COUNTS)
+def test_zstd_stream_decompresses_to_the_original_bytes_chunk_by_chunk(count: int) -> None:
+    parts = payload(count)
+    chunks = zstd_chunks(parts)
+    assert len(chunks) == count + 1
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    for part, chunk in zip(parts, chunks, strict=False):
+        assert decoder.decompress(chunk) == part
+    assert decoder.decompress(chunks[-1]) == b""
+    assert decoder.eof
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(b"".join(chunks)) == b"".join(parts)
+
+
+@pytest.mark.parametrize(("count", "cut"), [(count, cut) for count in CHUNK_COUNTS for cut in ("last-byte", "half")])
+def test_zstd_stream_cut_before_its_end_is_an_incomplete_frame(count: int, cut: str) -> None:
+    whole = b"".join(zstd_chunks(payload(count)))
+    truncated = whole[:-1] if cut == "last-byte" else whole[: len(whole) // 2]
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        decoder.decompress(truncated)
+    except zstandard.ZstdError:
+        return
+    assert not decoder.eof
+
+
+def test_closing_the_zstd_stream_early_closes_its_source() -> None:
+    events: list[str] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        try:
+            for i in range(100):
+                events.append(f"sent {i}")
+                yield b"row\n" * 10
+        finally:
+            events.append("source closed")
+
+    async def read_one_then_leave() -> None:
+        stream = iter_zstd(source())
         await anext(stream)
         await stream.aclose()  # type: ignore[attr-defined]
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from exporter.capacity import export_slot_count
 from exporter.config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_FILE_CHUNK_BYTES,
@@ -336,3 +337,58 @@ def with_upstream(name: str = "u", **table: Any) -> dict[str, Any]:
 def test_invalid_upstreams_raise_config_error(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_dict(data, {"EMPTY": "", "TOKEN": "t"})
+
+
+def test_parquet_row_group_rows_defaults_to_131072_and_the_environment_sets_it(tmp_path: Path) -> None:
+    assert Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path)}).parquet_row_group_rows == 131_072
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_PARQUET_ROW_GROUP_ROWS": "1000"}
+    assert Settings.from_environ(environ).parquet_row_group_rows == 1000
+    with pytest.raises(ConfigError, match="parquet_row_group_rows"):
+        Settings.from_environ({**environ, "EXPORTER_PARQUET_ROW_GROUP_ROWS": "0"})
+
+
+def test_arrow_fast_path_is_on_by_default_and_turned_off_by_the_environment(tmp_path: Path) -> None:
+    assert Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path)}).arrow_fast_path is True
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_ARROW_FAST_PATH": "false"}
+    assert Settings.from_environ(environ).arrow_fast_path is False
+
+
+def test_a_dataset_declares_its_formula_guard_default() -> None:
+    datasets = {"plain": {"table": "t", "key": "id"}, "guarded": {"table": "t", "key": "id", "formula_guard": True}}
+    settings = Settings.from_dict({"datasets": datasets})
+    assert (settings.datasets["plain"].formula_guard, settings.datasets["guarded"].formula_guard) == (False, True)
+    with pytest.raises(ConfigError, match="formula_guard"):
+        Settings.from_dict({"datasets": {"bad": {"table": "t", "key": "id", "formula_guard": "maybe"}}})
+
+
+def test_limits_default_to_per_dialect_slots_a_reserve_of_ten_a_minute_to_send_and_no_statement_timeout() -> None:
+    settings = Settings.from_dict({})
+    assert (settings.export_slots, settings.reserved_slots) == (None, 10)
+    assert (settings.send_timeout_seconds, settings.statement_timeout_seconds) == (60.0, None)
+    assert export_slot_count("postgresql+asyncpg://db/x", settings) == 20
+    assert export_slot_count("sqlite+aiosqlite:///x.db", settings) == 4
+
+
+def test_limits_come_from_the_environment(tmp_path: Path) -> None:
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_EXPORT_SLOTS": "8", "EXPORTER_RESERVED_SLOTS": "3",
+               "EXPORTER_SEND_TIMEOUT_SECONDS": "2.5", "EXPORTER_STATEMENT_TIMEOUT_SECONDS": "30"}
+    settings = Settings.from_environ(environ)
+    assert (settings.export_slots, settings.reserved_slots) == (8, 3)
+    assert (settings.send_timeout_seconds, settings.statement_timeout_seconds) == (2.5, 30.0)
+    assert export_slot_count("sqlite+aiosqlite:///x.db", settings) == 8  # set explicitly, for every database
+
+
+@pytest.mark.parametrize("off", ["0", "off"])
+def test_a_statement_timeout_of_0_or_off_is_no_limit(off: str) -> None:
+    assert Settings.from_dict({"statement_timeout_seconds": off}).statement_timeout_seconds is None
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"export_slots": 0}, "export_slots must be at least 1"),
+    ({"reserved_slots": "some"}, "reserved_slots must be a whole number"),
+    ({"send_timeout_seconds": 0}, "send_timeout_seconds must be more than 0"),
+    ({"statement_timeout_seconds": -1}, "statement_timeout_seconds must be more than 0"),
+])
+def test_invalid_limits_raise_config_error(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_dict(data)

@@ -16,6 +16,7 @@ CODES: dict[type[ExportError], str] = {
     errors.InvalidValue: "invalid_value",
     errors.InvalidParameter: "invalid_parameter",
     errors.AfterRequiresKeyOrder: "after_requires_key_order",
+    errors.TooManyRowsForXlsx: "too_many_rows_for_xlsx",
     errors.DatasetUnavailable: "dataset_unavailable",
     errors.DatabaseUnavailable: "database_unavailable",
     errors.UnknownRoot: "unknown_root",
@@ -47,6 +48,9 @@ CODES: dict[type[ExportError], str] = {
     errors.TokenInUrl: "token_in_url",
     errors.TooManyRequests: "too_many_requests",
     errors.RowLimitExceeded: "row_limit_exceeded",
+    errors.ShuttingDown: "shutting_down",
+    errors.Busy: "busy",
+    errors.StatementTimeout: "statement_timeout",
 }
 
 

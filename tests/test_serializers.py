@@ -15,7 +15,8 @@ import pytest
 
 from exporter.datasets import Column
 from exporter.errors import InvalidParameter, UnknownFormat
-from exporter.serializers import (
+from exporter.formats import (
+    FORMATS,
     CsvOptions,
     CsvSerializer,
     NdjsonSerializer,
@@ -441,20 +442,23 @@ def test_create_serializer_builds_csv_with_its_options_and_ndjson() -> None:
 @pytest.mark.parametrize(
     ("filename", "expected"),
     [
-        ("orders.csv", ("orders", "csv", False)),
-        ("orders.ndjson", ("orders", "ndjson", False)),
-        ("orders.csv.gz", ("orders", "csv", True)),
-        ("orders.ndjson.gz", ("orders", "ndjson", True)),
-        ("a.b.csv", ("a.b", "csv", False)),
-        ("a.b.ndjson.gz", ("a.b", "ndjson", True)),
+        ("orders.csv", ("orders", "csv")),
+        ("orders.ndjson", ("orders", "ndjson")),
+        ("orders.csv.gz", ("orders", "csv.gz")),
+        ("orders.ndjson.gz", ("orders", "ndjson.gz")),
+        ("orders.csv.zst", ("orders", "csv.zst")),
+        ("orders.ndjson.zst", ("orders", "ndjson.zst")),
+        ("a.b.csv", ("a.b", "csv")),
+        ("a.b.ndjson.gz", ("a.b", "ndjson.gz")),
     ],
 )
-def test_split_filename_finds_dataset_format_and_gzip(filename: str, expected: tuple[str, str, bool]) -> None:
+def test_split_filename_finds_dataset_and_format(filename: str, expected: tuple[str, str]) -> None:
     assert split_filename(filename) == expected
+    assert FORMATS[expected[1]].name == expected[1]
 
 
-@pytest.mark.parametrize("filename", ["orders", "orders.xlsx", "orders.gz", "orders.csv.zip",
-                                      "orders.CSV", "orders.csv.gz.gz"])
+@pytest.mark.parametrize("filename", ["orders", "orders.xls", "orders.gz", "orders.csv.zip",
+                                      "orders.CSV", "orders.csv.gz.gz", ".csv", "orders.parquet.gz"])
 def test_split_filename_rejects_unknown_formats(filename: str) -> None:
     with pytest.raises(UnknownFormat) as raised:
         split_filename(filename)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from exporter.auth import CallerDep, require
 from exporter.deps import CatalogDep
 from exporter.exports import prepare_export
+from exporter.formats import FORMATS
 from exporter.routes import pages
 from exporter.rows import estimate_rows
 
@@ -21,8 +22,8 @@ VARY = {"Vary": "Accept"}
 @router.get("/datasets")
 async def list_datasets(catalog: CatalogDep, caller: CallerDep) -> JSONResponse:
     readable = [name for name in catalog.names if caller.may("dataset", name)]
-    return JSONResponse({"datasets": [(await catalog.get(name)).describe(caller.restriction(name).columns)
-                                      for name in readable]})
+    return JSONResponse({"datasets": [
+        (await catalog.get(name)).describe(list(FORMATS), caller.restriction(name).columns) for name in readable]})
 
 
 @router.get("/datasets/{name}", response_class=Response)
@@ -31,7 +32,7 @@ async def get_dataset(name: str, request: Request, catalog: CatalogDep, caller: 
     dataset = await catalog.get(name)
     if pages.wants_html(request):
         return await pages.dataset_page(request, catalog, dataset, caller)
-    return JSONResponse(dataset.describe(caller.restriction(name).columns), headers=VARY)
+    return JSONResponse(dataset.describe(list(FORMATS), caller.restriction(name).columns), headers=VARY)
 
 
 @router.get("/datasets/{name}/estimate")

@@ -17,6 +17,8 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
+    if request.app.state.limits.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     sources: dict[str | None, AsyncEngine] = request.app.state.sources
     checks = {name or "service": await _ping(engine) for name, engine in sources.items()}
     ready = all(checks.values())

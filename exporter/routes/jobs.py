@@ -6,12 +6,12 @@ import base64
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from exporter.auth import CallerDep, authenticate, check_link, require
@@ -29,7 +29,7 @@ from exporter.exports import (
     write_log,
 )
 from exporter.files import Target
-from exporter.jobs import STATES, TERMINAL, JobRequest, Jobs, filename
+from exporter.jobs import TERMINAL, JobRequest, Jobs, filename
 from exporter.keys import ANONYMOUS, Caller, caller_of
 from exporter.limits import Limits, released_on_error
 from exporter.models import Job
@@ -42,6 +42,7 @@ RETRY_MILLISECONDS = 3000  # how long EventSource waits before it reconnects
 SHUTDOWN_GRACE_SECONDS = 2.0  # more than the streams' poll, so each sees the shutdown and ends cleanly
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII
 CACHE_CONTROL = {"Cache-Control": "no-cache"}
+State = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
 
 
 class JobSubmission(BaseModel):
@@ -50,16 +51,21 @@ class JobSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str
-    format: str
+    format: Annotated[str, Field(json_schema_extra={"enum": list(EXPORT_FORMATS)})]
     params: dict[str, str] = {}
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in EXPORT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(EXPORT_FORMATS)}")
+        return value
 
 
 @router.post("/jobs", status_code=202, response_class=JSONResponse)
 async def create_job(submission: JobSubmission, request: Request, catalog: CatalogDep, caller: CallerDep
                      ) -> Response:
     require(caller, "dataset", submission.dataset)
-    if submission.format not in EXPORT_FORMATS:
-        raise InvalidParameter(f"format must be one of {', '.join(EXPORT_FORMATS)}", parameter="format")
     params = list(submission.params.items())
     export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,
                                   caller.restriction(submission.dataset))
@@ -100,11 +106,9 @@ def _owner(caller: Caller) -> str | None:
 
 
 @router.get("/jobs", response_class=JSONResponse)
-async def list_jobs(request: Request, jobs: JobsDep, caller: CallerDep, state: str | None = None,
+async def list_jobs(request: Request, jobs: JobsDep, caller: CallerDep, state: State | None = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
     """The jobs as JSON; for a browser, the jobs page."""
-    if state is not None and state not in STATES:
-        raise InvalidParameter(f"state must be one of {', '.join(STATES)}", parameter="state")
     found = [jobs.json(job) for job in await jobs.newest(state, limit, _owner(caller))]
     if pages.wants_html(request):
         return pages.jobs_page(request, found, caller)
@@ -123,12 +127,10 @@ async def delete_job(job_id: str, jobs: JobsDep, caller: CallerDep) -> Response:
 
 @router.get("/jobs/{job_id}/events", response_class=Response)
 async def job_events(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep, caller: CallerDep,
-                     last_event_id: str | None = None) -> Response:
+                     last_event_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
     """The job's event stream (WHATWG Server-Sent Events), resumable with Last-Event-ID or ?last_event_id=."""
-    if last_event_id is not None and not last_event_id.isdigit():
-        raise InvalidParameter("last_event_id must be an event id (a whole number)", parameter="last_event_id")
     header = request.headers.get("last-event-id", "").strip()
-    after = int(header) if header.isdigit() else int(last_event_id) if last_event_id is not None else None
+    after = int(header) if header.isdigit() else last_event_id
     job = await jobs.get(job_id, _owner(caller))
     if job.state in TERMINAL and after is not None and after >= job.last_event_id:
         return Response(status_code=204)  # it has seen the end: 204 tells EventSource to stop reconnecting

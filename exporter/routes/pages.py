@@ -33,6 +33,7 @@ from exporter.errors import (
     Unauthorized,
 )
 from exporter.exports import prepare_export
+from exporter.formats import FORMATS
 from exporter.keys import Caller
 from exporter.rows import estimate_rows
 
@@ -232,7 +233,7 @@ async def index(request: Request, catalog: CatalogDep, caller: CallerDep) -> Res
         restriction = caller.restriction(name)
         try:
             export = await prepare_export(catalog, f"{name}.csv", [], restriction)
-            rows.append({"dataset": export.dataset.describe(restriction.columns),
+            rows.append({"dataset": export.dataset.describe(list(FORMATS), restriction.columns),
                          "estimate": await estimate_rows(export.dataset.engine, export.query.statement)})
         except (DatasetUnavailable, DatabaseUnavailable) as error:  # one broken source hides no other dataset
             rows.append({"dataset": {"name": name, "description": "", "columns": []}, "error": error.message})
@@ -309,7 +310,7 @@ async def dataset_page(request: Request, catalog: Catalog, dataset: Dataset, cal
     """The export builder. With `download` in the query (the no-JavaScript Download button), the form is checked
     by the export's own validation and the browser is sent to the export URL, or shown the error by its field."""
     restriction = caller.restriction(dataset.name)
-    described = dataset.describe(restriction.columns)
+    described = dataset.describe(list(FORMATS), restriction.columns)
     names = [c["name"] for c in described["columns"]]
     builder = Builder.from_query(request.query_params, names)
     filename, params = builder.filename(dataset.name), builder.params(names)

@@ -83,6 +83,26 @@ def test_terminated_backend_mid_export_makes_curl_exit_with_an_incomplete_transf
     assert after.text == "id,digest\n1,c4ca4238a0b923820dcc509a6f75849b\n"
 
 
+@pytest.mark.parametrize(("filename", "starts_with"), [("slow.parquet", b"PAR1"), ("slow.arrow", b"\xff\xff\xff\xff"),
+                                                       ("slow.xlsx", b"PK\x03\x04")])
+def test_terminated_backend_mid_export_of_a_typed_format_makes_curl_exit_with_an_incomplete_transfer(
+    pg: Database, serve: Serve, tmp_path: Path, filename: str, starts_with: bytes
+) -> None:
+    server = serve(pg.settings(batch_rows=100, parquet_row_group_rows=1000, datasets=SLOW))
+    output = tmp_path / filename
+    curl = subprocess.Popen(["curl", "-sS", "-o", str(output), f"{server.url}/exports/{filename}"],
+                            stderr=subprocess.PIPE)
+    wait_for(lambda: output.exists() and output.stat().st_size > 1000 and busy_backends(pg))
+    terminate_exports(pg)
+    _, stderr = curl.communicate(timeout=60)
+    assert curl.returncode == 18, stderr  # CURLE_PARTIAL_FILE: the chunked body never ended
+    assert output.read_bytes().startswith(starts_with)
+    entry = wait_for(lambda: export_log(pg, "slow"))[0]
+    fmt = filename.split(".", 1)[1]
+    assert (entry["outcome"], entry["path"], entry["format"]) == ("failed", "generic" if fmt == "xlsx" else "adbc", fmt)
+    wait_for(lambda: pool_idle(server) and not busy_backends(pg))
+
+
 def test_client_disconnect_cancels_the_query_and_returns_the_connection(
     pg: Database, serve: Serve, path: str
 ) -> None:
@@ -142,3 +162,20 @@ def test_client_leaving_while_the_first_rows_are_computed_cancels_the_query(
     entry = wait_for(lambda: export_log(pg, "slow"))[0]
     assert entry["outcome"] == "aborted"
     assert entry["rows"] == 0
+
+
+@pytest.mark.parametrize("filename", ["slow.parquet", "slow.arrow"])
+def test_client_leaving_an_adbc_export_cancels_its_query_and_closes_its_connection(
+    pg: Database, serve: Serve, filename: str
+) -> None:
+    # As above: about 40 s of pg_sleep before the first row, in ADBC's own connection and thread.
+    pg.execute("CREATE OR REPLACE VIEW slow AS SELECT * FROM slow_rows"
+               " WHERE id % 1000 <> 0 OR pg_sleep(0.2)::text = ''")
+    server = serve(pg.settings(datasets=SLOW))
+    with ChunkedReader.connect(server.url, f"/exports/{filename}?order=digest"):
+        wait_for(lambda: busy_backends(pg))
+    wait_for(lambda: not busy_backends(pg), seconds=5)
+    assert not pg.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'exporter'"
+                          " AND datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'")
+    entry = wait_for(lambda: export_log(pg, "slow"))[0]
+    assert (entry["outcome"], entry["path"], entry["rows"]) == ("aborted", "adbc", 0)

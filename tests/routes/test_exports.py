@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import subprocess
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import zstandard
 from sqlalchemy import exc, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -124,7 +126,8 @@ def test_ndjson_export_round_trips_every_stored_value(db: Database, serve: Serve
 @pytest.mark.parametrize(
     ("filename", "content_type"),
     [("orders.csv", "text/csv; charset=utf-8"), ("orders.ndjson", "application/x-ndjson"),
-     ("orders.csv.gz", "application/gzip"), ("orders.ndjson.gz", "application/gzip")],
+     ("orders.csv.gz", "application/gzip"), ("orders.ndjson.gz", "application/gzip"),
+     ("orders.csv.zst", "application/zstd"), ("orders.ndjson.zst", "application/zstd")],
 )
 def test_exports_send_download_headers(db: Database, serve: Serve, filename: str, content_type: str) -> None:
     db.seed_demo(10)
@@ -140,7 +143,8 @@ def test_exports_send_download_headers(db: Database, serve: Serve, filename: str
     head = httpx.head(f"{server.url}/exports/{filename}", headers={"Accept-Encoding": "identity"})
     assert head.status_code == 200
     assert head.content == b""
-    skip = {"date", "transfer-encoding"}
+    skip = {"date", "transfer-encoding", "x-request-id"}  # a request id is each request's own
+    assert head.headers["x-request-id"] != get.headers["x-request-id"]
     assert {k: v for k, v in head.headers.items() if k not in skip} == {
         k: v for k, v in get.headers.items() if k not in skip
     }
@@ -162,6 +166,73 @@ def test_gz_names_give_a_gzip_file_and_accept_encoding_gives_content_encoding(db
     assert raw.content == plain.content  # httpx decodes Content-Encoding
     refused = httpx.get(f"{server.url}/exports/orders.csv", headers={"Accept-Encoding": "gzip;q=0"})
     assert "content-encoding" not in refused.headers
+
+
+def test_zst_names_give_a_zstd_file_and_accept_encoding_zstd_gives_content_encoding(
+    db: Database, serve: Serve
+) -> None:
+    db.seed_demo(1000)
+    server = serve(db.settings())
+    for name in ("orders.csv", "orders.ndjson"):
+        plain = httpx.get(f"{server.url}/exports/{name}", headers={"Accept-Encoding": "identity"}).content
+        zst_file = httpx.get(f"{server.url}/exports/{name}.zst", headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in zst_file.headers
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(zst_file.content) == plain
+        with httpx.stream("GET", f"{server.url}/exports/{name}", headers={"Accept-Encoding": "zstd"}) as encoded:
+            assert encoded.headers["content-encoding"] == "zstd"
+            assert encoded.headers["vary"] == "Accept-Encoding"
+            body = b"".join(encoded.iter_raw())
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(body) == plain
+        both = httpx.get(f"{server.url}/exports/{name}", headers={"Accept-Encoding": "zstd, gzip"})
+        assert both.headers["content-encoding"] == "gzip"
+        preferred = httpx.get(f"{server.url}/exports/{name}", headers={"Accept-Encoding": "gzip;q=0.5, zstd"})
+        assert (preferred.headers["content-encoding"], preferred.content) == ("zstd", plain)
+        curl = subprocess.run(["curl", "-fsS", "--compressed", "-H", "Accept-Encoding: zstd", "-D", "-",
+                               f"{server.url}/exports/{name}"], capture_output=True, check=True)
+        head, _, curl_body = curl.stdout.partition(b"\r\n\r\n")
+        assert b"content-encoding: zstd" in head.lower()
+        assert curl_body == plain
+
+
+def test_a_parquet_or_xlsx_export_never_gets_a_content_encoding(db: Database, serve: Serve) -> None:
+    db.seed_demo(10)
+    server = serve(db.settings())
+    for name in ("orders.parquet", "orders.arrow", "orders.xlsx"):
+        response = httpx.get(f"{server.url}/exports/{name}", headers={"Accept-Encoding": "gzip, zstd"})
+        assert response.status_code == 200, response.text
+        assert "content-encoding" not in response.headers
+
+
+GUARD_ROWS = [(1, "=1+2", -5, "-5"), (2, "+x", 3, "@SUM(A1)"), (3, "\tcell", -1, "-"), (4, "\rcr", 0, "a=b"),
+              (5, "plain", -2, None), (6, "", 7, "'quoted")]
+
+
+def guard_table(db: Database) -> dict[str, Any]:
+    db.execute("DROP TABLE IF EXISTS guard_rows",
+               "CREATE TABLE guard_rows (id integer PRIMARY KEY, t text, n integer, u varchar(20))")
+    for row in GUARD_ROWS:
+        db.execute("INSERT INTO guard_rows VALUES (:id, :t, :n, :u)", **dict(zip(["id", "t", "n", "u"], row,
+                                                                                   strict=True)))
+    return {"guard_rows": {"table": "guard_rows", "key": "id"},
+            "guarded": {"table": "guard_rows", "key": "id", "formula_guard": True}}
+
+
+GUARDED_CSV = ("id,t,n,u\n1,'=1+2,-5,'-5\n2,'+x,3,'@SUM(A1)\n3,'\tcell,-1,'-\n4,\"'\rcr\",0,a=b\n"
+               "5,plain,-2,\n6,\"\",7,'quoted\n")
+
+
+def test_formula_guard_quotes_text_that_spreadsheets_would_run_and_leaves_numbers(db: Database, serve: Serve
+                                                                                  ) -> None:
+    server = serve(db.settings(datasets=guard_table(db)))
+    guarded = httpx.get(f"{server.url}/exports/guard_rows.csv", params={"formula_guard": "true"})
+    assert guarded.text == GUARDED_CSV
+    by_config = httpx.get(f"{server.url}/exports/guarded.csv")
+    assert by_config.text == GUARDED_CSV
+    unguarded = httpx.get(f"{server.url}/exports/guarded.csv", params={"formula_guard": "false"})
+    assert unguarded.text.splitlines()[1] == "1,=1+2,-5,-5"
+    assert httpx.get(f"{server.url}/exports/guard_rows.csv").text == unguarded.text
+    refused = httpx.get(f"{server.url}/exports/guard_rows.ndjson", params={"formula_guard": "true"})
+    assert (refused.status_code, refused.json()["error"]["parameter"]) == (400, "formula_guard")
 
 
 @pytest.mark.parametrize(
@@ -228,7 +299,8 @@ def test_after_resumes_exactly_where_a_broken_download_stopped(db: Database, ser
     ("path", "status", "code", "parameter"),
     [
         ("/exports/nothing.csv", 404, "unknown_dataset", "name"),
-        ("/exports/orders.xlsx", 404, "unknown_format", "format"),
+        ("/exports/orders.xls", 404, "unknown_format", "format"),
+        ("/exports/orders.parquet.gz", 404, "unknown_format", "format"),
         ("/exports/orders", 404, "unknown_format", "format"),
         ("/exports/orders.csv?columns=id,nope", 400, "unknown_column", "columns"),
         ("/exports/orders.csv?nope=1", 400, "unknown_column", "nope"),
@@ -249,6 +321,9 @@ def test_after_resumes_exactly_where_a_broken_download_stopped(db: Database, ser
         ("/exports/orders.csv?header=yes", 400, "invalid_parameter", "header"),
         ("/exports/orders.csv?bom=1", 400, "invalid_parameter", "bom"),
         ("/exports/orders.ndjson?delimiter=%3B", 400, "invalid_parameter", "delimiter"),
+        ("/exports/orders.parquet?bom=true", 400, "invalid_parameter", "bom"),
+        ("/exports/orders.xlsx?formula_guard=true", 400, "invalid_parameter", "formula_guard"),
+        ("/exports/orders.csv?formula_guard=1", 400, "invalid_parameter", "formula_guard"),
     ],
 )
 def test_bad_input_gets_a_json_error_naming_the_parameter_before_any_body(

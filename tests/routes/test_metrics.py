@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +17,8 @@ from tests.conftest import Database
 from tests.routes.test_auth import bearer, create_key
 from tests.routes.test_exports import wait_for
 from tests.routes.test_jobs import SLOW, TERMINAL, make_slow
-from tests.servers import ServerThread
-from tests.upstreams import closed_port, files_upstream, sparse_file
+from tests.servers import ChunkedReader, ServerThread
+from tests.upstreams import RawServer, closed_port, drop, endless, files_upstream, sparse_file
 
 Serve = Callable[[Settings], ServerThread]
 
@@ -120,3 +121,53 @@ def test_metrics_need_the_metrics_grant_and_count_refusals(pg: Database, serve: 
     after = samples(server, bearer(prometheus))
     labels = {"kind": "export", "dataset_or_root": "orders", "format": "", "outcome": "denied"}
     assert value(after, "exporter_downloads_total", **labels) - value(before, "exporter_downloads_total", **labels) == 1
+
+
+def test_relays_files_and_results_that_break_off_or_are_left_are_counted_too(
+    pg: Database, serve: Serve, tmp_path: Path
+) -> None:
+    pg.seed_demo(100_000)  # a result of several file chunks
+    root = tmp_path / "root"
+    root.mkdir()
+    big = sparse_file(root / "big.bin", 256 * 1024 * 1024, b"end")
+    with RawServer(drop(b"x" * 100_000, 1_000_000)) as dropping, RawServer(endless) as forever:
+        server = serve(pg.settings(jobs_dir=str(tmp_path / "jobs"), files={"roots": {"r": str(root)}},
+                                   file_chunk_bytes=1024 * 1024,
+                                   upstreams={"drops": {"base_url": dropping.url},
+                                              "endless": {"base_url": forever.url}}))
+        job = httpx.post(f"{server.url}/jobs", json={"dataset": "orders", "format": "csv"}).json()
+        done = wait_for(lambda: (j := httpx.get(f"{server.url}/jobs/{job['id']}").json())["state"] in TERMINAL and j,
+                        60)
+        result_url = server.url + done["result"]["url"]
+        before = samples(server)
+
+        with pytest.raises(httpx.HTTPError), httpx.stream("GET", f"{server.url}/proxy/drops/x") as response:
+            response.read()
+        with httpx.stream("GET", f"{server.url}/proxy/endless/x") as response:
+            next(response.iter_raw())
+        with ChunkedReader.connect(server.url, done["result"]["url"]):  # a small receive buffer, never read
+            wait_for(lambda: value(samples(server), "exporter_active_streams", kind="job_result") == 1)
+        for url, path in ((f"{server.url}/files/r/big.bin", big),
+                          (result_url, tmp_path / "jobs" / f"{job['id']}.csv")):
+            with pytest.raises(httpx.HTTPError), httpx.stream("GET", url) as response:
+                chunks = response.iter_raw()
+                next(chunks)
+                os.truncate(path, 1024)  # the file changes under the download: it fails, never ends cleanly
+                for _ in chunks:
+                    pass
+
+        expected = [("relay", "drops", "failed"), ("relay", "endless", "aborted"), ("job_result", "orders", "aborted"),
+                    ("file", "r", "failed"), ("job_result", "orders", "failed")]
+
+        def moved() -> bool:
+            after = samples(server)
+            return all(sum(v for (name, labels), v in after.items() if name == "exporter_downloads_total"
+                           and {("kind", k), ("dataset_or_root", n), ("outcome", o)} <= labels)
+                       - sum(v for (name, labels), v in before.items() if name == "exporter_downloads_total"
+                             and {("kind", k), ("dataset_or_root", n), ("outcome", o)} <= labels) == 1
+                       for k, n, o in expected)
+
+        wait_for(moved)
+        after = samples(server)
+        assert value(after, "exporter_upstream_errors_total", upstream="drops", reason="broke_off") - value(
+            before, "exporter_upstream_errors_total", upstream="drops", reason="broke_off") == 1

@@ -1,8 +1,8 @@
 """The secret that signs browser sessions and their CSRF tokens, apart from the link secret so either can be
 rotated alone
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -13,8 +13,8 @@ import secrets
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
