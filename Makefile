@@ -6,6 +6,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ROWS ?= 100000
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: run test lint bench clean system-deps
 
 $(BIN)/python:
@@ -21,6 +23,11 @@ run: $(VENV)/.installed
 	$(BIN)/exporter seed-demo --if-missing --rows $(DEMO_ROWS)
 	EXPORTER_AUTH=$${EXPORTER_AUTH:-off} $(BIN)/exporter serve --host $(HOST) --port $(PORT)
 
+# The web page tests drive Debian's chromium (Playwright never downloads a browser); a fresh CI machine lacks it.
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
 # The XLSX tests convert files with LibreOffice headless. Installed here when missing (as root on Debian, as CI
 # runs); without it those tests fail, never skip.
 system-deps:
@@ -28,7 +35,7 @@ system-deps:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		libreoffice-calc >/dev/null; } || echo "make: could not install libreoffice-calc; the XLSX tests will fail"
 
-test: $(VENV)/.installed system-deps
+test: $(VENV)/.installed system-deps $(CHROMIUM)
 	$(BIN)/ruff check exporter tests migrations
 	$(BIN)/mypy exporter
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import __version__
 from exporter.audit import record_refusal
-from exporter.auth import RefuseTokensInUrls, load_link_secret
+from exporter.auth import RefuseTokensInUrls, load_link_secret, load_secret
 from exporter.capacity import ExportSlots, SendTimeout, export_slot_count
 from exporter.config import Settings
 from exporter.datasets import Catalog
@@ -23,7 +24,7 @@ from exporter.limits import Limits
 from exporter.logs import RequestIds
 from exporter.openapi import document
 from exporter.relay import create_upstreams
-from exporter.routes import datasets, exports, files, health, jobs, metrics, proxy
+from exporter.routes import datasets, exports, files, health, jobs, metrics, pages, proxy
 from exporter.workers import run_jobs
 
 
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
                     log.warning("EXPORTER_AUTH=off: every caller may read every dataset, file and upstream")
                 else:
                     runner.jobs.link_secret = await load_link_secret(runner.keys.engine)
+                    app.state.session_secret = await load_secret(runner.keys.engine, "session")
                     if not await runner.keys.count():
                         log.warning("no API key exists, so every request is refused (401). Create one with: "
                                     "exporter keys create NAME --grant 'dataset:*'")
@@ -83,9 +85,10 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
     app.add_middleware(RefuseTokensInUrls)
     app.add_middleware(RequestIds)  # outermost: refusals get a request id and an access line too
-    install_error_handlers(app, record_refusal)
+    install_error_handlers(app, record_refusal, pages.error_page)
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
-    for module in (datasets, exports, jobs, files, proxy, health, metrics):
+    for module in (datasets, exports, jobs, files, proxy, health, metrics, pages):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
     return app

@@ -16,9 +16,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from exporter import sessions
 from exporter.errors import (
     ExpiredToken,
     Forbidden,
+    InvalidCsrfToken,
     InvalidToken,
     LinkExpired,
     MissingToken,
@@ -27,7 +29,7 @@ from exporter.errors import (
     error_response,
 )
 from exporter.keys import ANONYMOUS, PREFIX, Caller, Keys, MalformedToken, caller_of, parse_token, secret_matches
-from exporter.models import ServiceSecret
+from exporter.models import ApiKey, ServiceSecret
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +56,69 @@ class RefuseTokensInUrls:
 
 
 async def authenticate(request: Request) -> Caller:
-    """The caller of this request; ANONYMOUS when auth is off. Raises MissingToken, InvalidToken (malformed,
-    mistyped, unknown key or wrong secret: all alike, and as slow whether the key exists or not), ExpiredToken,
-    RevokedToken."""
+    """The caller of this request; ANONYMOUS when auth is off. A request without an Authorization header may
+    speak through a browser session's cookie instead: the same key, loaded afresh, with a CSRF token required on
+    state-changing methods. Raises MissingToken, InvalidToken (malformed, mistyped, unknown key or wrong secret:
+    all alike, and as slow whether the key exists or not; a session that is forged or over), ExpiredToken,
+    RevokedToken, InvalidCsrfToken."""
     if request.app.state.settings.auth == "off":
         return ANONYMOUS
     header = request.headers.get("authorization")
-    if not header:
-        raise MissingToken("send an API key: Authorization: Bearer exp_…")
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise InvalidToken("use the Bearer scheme: Authorization: Bearer exp_…")
-    try:
-        key_id, secret = parse_token(token.strip())
-    except MalformedToken as error:
-        raise InvalidToken(str(error)) from None
     keys: Keys = request.app.state.keys
-    key = await keys.find(key_id)
-    if key is None or not secret_matches(secret, key.secret_hash):
-        raise InvalidToken("unknown API key")
-    now = datetime.now(UTC)
-    if key.revoked_at is not None:
-        raise RevokedToken(f"the key {key.name!r} was revoked")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise ExpiredToken(f"the key {key.name!r} expired")
-    await keys.touch(key.id, now)
+    if not header:
+        session = request.cookies.get(sessions.COOKIE)
+        if session is None:
+            raise MissingToken("send an API key: Authorization: Bearer exp_…")
+        key = await _session_key(request, keys, session)
+    else:
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise InvalidToken("use the Bearer scheme: Authorization: Bearer exp_…")
+        key = await verify_token(keys, token.strip())
+    await keys.touch(key.id, datetime.now(UTC))
     caller = caller_of(key)
     request.state.caller = caller
     return caller
+
+
+async def verify_token(keys: Keys, token: str) -> ApiKey:
+    """The usable key a token belongs to; raises InvalidToken, ExpiredToken or RevokedToken."""
+    try:
+        key_id, secret = parse_token(token)
+    except MalformedToken as error:
+        raise InvalidToken(str(error)) from None
+    key = await keys.find(key_id)
+    if key is None or not secret_matches(secret, key.secret_hash):
+        raise InvalidToken("unknown API key")
+    return _usable(key)
+
+
+def _usable(key: ApiKey) -> ApiKey:
+    if key.revoked_at is not None:
+        raise RevokedToken(f"the key {key.name!r} was revoked")
+    if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+        raise ExpiredToken(f"the key {key.name!r} expired")
+    return key
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _session_key(request: Request, keys: Keys, session: str) -> ApiKey:
+    """The key a session cookie names, read now, so that a key revoked since sign-in ends its sessions at once."""
+    secret: bytes = request.app.state.session_secret
+    key_id = sessions.session_key(secret, session, time.time())
+    key = None if key_id is None else await keys.find(key_id)
+    if key is None:
+        raise InvalidToken("your session has ended or is not valid: sign in again")
+    key = _usable(key)
+    # The cookie rides along with any request the browser makes to this site, so a state-changing one must also
+    # prove it comes from our own page: a token only that page was given (SameSite=Strict is the second line).
+    if request.method not in SAFE_METHODS and not sessions.csrf_matches(
+            secret, session, request.headers.get(sessions.CSRF_HEADER)):
+        raise InvalidCsrfToken("this request needs the page's CSRF token (X-CSRF-Token): reload the page")
+    request.state.session = session
+    return key
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
@@ -95,10 +132,15 @@ def require(caller: Caller, kind: str, name: str) -> None:
 
 async def load_link_secret(engine: AsyncEngine) -> bytes:
     """The secret that signs result links, made by the migrations and shared by every replica of the database."""
+    return await load_secret(engine, "link")
+
+
+async def load_secret(engine: AsyncEngine, name: str) -> bytes:
+    """A secret the migrations made (`link`, `session`), shared by every replica of the database."""
     async with engine.connect() as conn:
-        value = await conn.scalar(select(ServiceSecret.value).where(ServiceSecret.name == "link"))
+        value = await conn.scalar(select(ServiceSecret.value).where(ServiceSecret.name == name))
     if value is None:
-        raise RuntimeError("the link secret is missing: run `exporter migrate`")
+        raise RuntimeError(f"the {name} secret is missing: run `exporter migrate`")
     return bytes.fromhex(value)
 
 

@@ -30,7 +30,8 @@ DEFAULT_FORWARD_HEADERS = ("range", "if-range", "if-none-match", "if-modified-si
 # Export jobs and their event streams; each also reads EXPORTER_<NAME> from the environment.
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
-AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format", "drain_seconds")
+AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format", "drain_seconds",
+                 "session_hours")
 # Export formats; each also reads EXPORTER_<NAME> from the environment.
 FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
 # Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
@@ -105,6 +106,7 @@ class Settings:
     reserved_slots: int = 10  # pool connections per database that exports never take (log, jobs, catalog)
     send_timeout_seconds: float = 60.0  # a response whose client takes no data this long is aborted
     statement_timeout_seconds: float | None = None  # the longest wait for an export's first chunk; None: no limit
+    session_hours: float = 12.0  # a browser session (sign-in cookie) lasts this long
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -154,6 +156,7 @@ class Settings:
                                           data.get("send_timeout_seconds", cls.send_timeout_seconds)),
             statement_timeout_seconds=_seconds_or_off("statement_timeout_seconds",
                                                       data.get("statement_timeout_seconds")),
+            session_hours=_seconds("session_hours", data.get("session_hours", cls.session_hours)),
         )
 
     @classmethod

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
@@ -207,6 +207,12 @@ class Forbidden(ExportError):
     status = 403
 
 
+class InvalidCsrfToken(ExportError):
+    """A state-changing request authenticated by a session cookie came without its page's CSRF token."""
+
+    status = 403
+
+
 class LinkExpired(ExportError):
     status = 403
 
@@ -262,15 +268,17 @@ def error_response(exc: ExportError) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI,
-                           on_refused: Callable[[Request, ExportError], Awaitable[None]] | None = None) -> None:
+                           on_refused: Callable[[Request, ExportError], Awaitable[None]] | None = None,
+                           as_page: Callable[[Request, ExportError], Response | None] | None = None) -> None:
     """Every error response, ours or the framework's, has the same JSON shape. `on_refused` sees each of ours
-    first (the audit log records refusals)."""
+    first (the audit log records refusals); `as_page` may answer a browser with a page instead of the JSON."""
 
-    async def on_export_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_export_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ExportError)
         if on_refused is not None:
             await on_refused(request, exc)
-        return error_response(exc)
+        page = as_page(request, exc) if as_page is not None else None
+        return page if page is not None else error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)

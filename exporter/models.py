@@ -68,7 +68,8 @@ class ApiKey(Base):
 
 
 class ServiceSecret(Base):
-    """Random secrets the replicas of one database share, made by the migrations (`link`: signs result links)."""
+    """Random secrets the replicas of one database share, made by the migrations (`link`: signs result links;
+    `session`: signs browser sessions and their CSRF tokens)."""
 
     __tablename__ = "service_secrets"
 

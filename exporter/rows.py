@@ -1,4 +1,5 @@
-"""iter_rows: row batches from a server-side cursor inside the export's snapshot; count_rows: how many there are."""
+"""iter_rows: row batches from a server-side cursor inside the export's snapshot; count_rows: how many there are;
+estimate_rows: the planner's guess, without running the query."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
+import orjson
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from exporter.db import database_errors, open_snapshot
 
@@ -45,3 +50,29 @@ async def count_rows(engine: AsyncEngine, statement: Select[Any]) -> int:
         async with open_snapshot(engine) as conn:
             counted = await conn.scalar(select(func.count()).select_from(statement.subquery()))
             return int(counted or 0)
+
+
+class _Explain(Executable, ClauseElement):
+    """`EXPLAIN (FORMAT JSON) <select>` with the select's bound parameters kept as parameters."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+
+
+@compiles(_Explain, "postgresql")
+def _compile_explain(element: _Explain, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.statement, **kw)
+
+
+async def estimate_rows(engine: AsyncEngine, statement: Select[Any]) -> int | None:
+    """The rows PostgreSQL's planner expects `statement` to return, from the table statistics: no COUNT(*), and
+    the query is not run. None on SQLite, whose planner gives no such number."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with database_errors("estimate"):
+        async with engine.connect() as conn:
+            plan = await conn.scalar(_Explain(statement))
+    parsed = orjson.loads(plan) if isinstance(plan, str | bytes) else plan
+    return int(parsed[0]["Plan"]["Plan Rows"])

@@ -43,6 +43,7 @@ CODES: dict[type[ExportError], str] = {
     errors.ExpiredToken: "expired_token",
     errors.RevokedToken: "revoked_token",
     errors.Forbidden: "forbidden",
+    errors.InvalidCsrfToken: "invalid_csrf_token",
     errors.LinkExpired: "link_expired",
     errors.TokenInUrl: "token_in_url",
     errors.TooManyRequests: "too_many_requests",

@@ -1,15 +1,22 @@
-"""GET /datasets and /datasets/{name}: what the caller may export, with columns, key and filterable columns."""
+"""GET /datasets and /datasets/{name}: what the caller may export, with columns, key and filterable columns; a
+browser asking for /datasets/{name} gets the export builder instead. GET /datasets/{name}/estimate: the planner's
+guess of an export's rows."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from exporter.auth import CallerDep, require
 from exporter.deps import CatalogDep
+from exporter.exports import prepare_export
 from exporter.formats import FORMATS
+from exporter.routes import pages
+from exporter.rows import estimate_rows
 
 router = APIRouter(tags=["datasets"])
+
+VARY = {"Vary": "Accept"}
 
 
 @router.get("/datasets")
@@ -19,7 +26,24 @@ async def list_datasets(catalog: CatalogDep, caller: CallerDep) -> JSONResponse:
         (await catalog.get(name)).describe(list(FORMATS), caller.restriction(name).columns) for name in readable]})
 
 
-@router.get("/datasets/{name}")
-async def get_dataset(name: str, catalog: CatalogDep, caller: CallerDep) -> JSONResponse:
+@router.get("/datasets/{name}", response_class=Response)
+async def get_dataset(name: str, request: Request, catalog: CatalogDep, caller: CallerDep) -> Response:
     require(caller, "dataset", name)
-    return JSONResponse((await catalog.get(name)).describe(list(FORMATS), caller.restriction(name).columns))
+    dataset = await catalog.get(name)
+    if pages.wants_html(request):
+        return await pages.dataset_page(request, catalog, dataset, caller)
+    return JSONResponse(dataset.describe(list(FORMATS), caller.restriction(name).columns), headers=VARY)
+
+
+@router.get("/datasets/{name}/estimate")
+async def estimate(name: str, request: Request, catalog: CatalogDep, caller: CallerDep) -> JSONResponse:
+    """{"rows": N}: what PostgreSQL's planner expects the export with these query parameters (filters, columns,
+    order, limit; the key's restrictions) to send, from its statistics and without running it; null on SQLite.
+    Bad parameters are the export's own 400s."""
+    require(caller, "dataset", name)
+    export = await prepare_export(catalog, f"{name}.ndjson", request.query_params.multi_items(),
+                                  caller.restriction(name))
+    rows = await estimate_rows(export.dataset.engine, export.query.statement)
+    if rows is not None and export.max_rows is not None:
+        rows = min(rows, export.max_rows)
+    return JSONResponse({"rows": rows})

@@ -11,6 +11,7 @@ from exporter.exports import ExportRecord, iter_recorded
 from exporter.files import list_directory, resolve
 from exporter.limits import released_on_error
 from exporter.responses import file_response
+from exporter.routes import pages
 
 router = APIRouter(tags=["files"])
 
@@ -33,7 +34,10 @@ async def file(root: str, path: str, request: Request, settings: SettingsDep, ca
     if target.is_directory:
         if path and not path.endswith("/"):
             return RedirectResponse(target.slash_location(), status_code=308)
-        return JSONResponse(await list_directory(target))
+        listing = await list_directory(target)
+        if pages.wants_html(request):
+            return pages.directory_page(request, listing, caller)
+        return JSONResponse(listing, headers={"Vary": "Accept"})
     if request.method == "HEAD":
         return file_response(request, target, settings.file_chunk_bytes, CACHE_CONTROL)
     record = ExportRecord(root, "file", {}, request.client.host if request.client else None, kind="file",

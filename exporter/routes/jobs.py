@@ -34,6 +34,7 @@ from exporter.keys import ANONYMOUS, Caller, caller_of
 from exporter.limits import Limits, released_on_error
 from exporter.models import Job
 from exporter.responses import file_response
+from exporter.routes import pages
 
 router = APIRouter(tags=["jobs"])
 
@@ -105,9 +106,13 @@ def _owner(caller: Caller) -> str | None:
 
 
 @router.get("/jobs", response_class=JSONResponse)
-async def list_jobs(jobs: JobsDep, caller: CallerDep, state: State | None = None,
+async def list_jobs(request: Request, jobs: JobsDep, caller: CallerDep, state: State | None = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Response:
-    return JSONResponse({"jobs": [jobs.json(job) for job in await jobs.newest(state, limit, _owner(caller))]})
+    """The jobs as JSON; for a browser, the jobs page."""
+    found = [jobs.json(job) for job in await jobs.newest(state, limit, _owner(caller))]
+    if pages.wants_html(request):
+        return pages.jobs_page(request, found, caller)
+    return JSONResponse({"jobs": found}, headers={"Vary": "Accept"})
 
 
 @router.get("/jobs/{job_id}", response_class=JSONResponse)
