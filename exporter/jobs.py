@@ -36,7 +36,6 @@ from exporter.models import Job, JobEvent
 
 MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
-STATES = ("queued", "running", *TERMINAL)
 RETRY_AFTER_SECONDS = 2
 _COLUMNS = tuple(Job.__table__.columns)
 
@@ -121,7 +120,7 @@ class Jobs:
     """The jobs table and its events. `media_type(format)` names a format's Content-Type for the job JSON."""
 
     def __init__(self, engine: AsyncEngine, notifier: events.Notifier, settings: Settings,
-                 media_type: Any) -> None:
+                 media_type: Callable[[str], str]) -> None:
         self.engine = engine
         self.notifier = notifier
         self._settings = settings

@@ -63,7 +63,6 @@ class Runner:
         self._settings = settings
         self.jobs = jobs
         self.keys = keys
-        self._jobs = jobs
         self._catalog = catalog
         self._log_engine = log_engine
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,9 +72,9 @@ class Runner:
         prefix = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._tasks = [asyncio.create_task(self._work(f"{prefix}:{number}")) for number in range(workers)]
         self._tasks.append(asyncio.create_task(self._janitor()))
-        if self._jobs.engine.dialect.name == "postgresql":
-            url = self._jobs.engine.url.render_as_string(hide_password=False)
-            self._tasks.append(asyncio.create_task(self._jobs.notifier.listen(url)))
+        if self.jobs.engine.dialect.name == "postgresql":
+            url = self.jobs.engine.url.render_as_string(hide_password=False)
+            self._tasks.append(asyncio.create_task(self.jobs.notifier.listen(url)))
 
     def stop_soon(self) -> None:
         """Start stopping (SIGTERM): each worker hands its job back as it stops."""
@@ -89,9 +88,9 @@ class Runner:
 
     async def _work(self, owner: str) -> None:
         while True:
-            with self._jobs.notifier.watch(events.QUEUE) as woken:
+            with self.jobs.notifier.watch(events.QUEUE) as woken:
                 try:
-                    job = await self._jobs.claim(owner)
+                    job = await self.jobs.claim(owner)
                 except Exception:
                     log.exception("job worker: claiming a job failed; trying again")
                     await asyncio.sleep(RETRY_SECONDS)
@@ -113,20 +112,20 @@ class Runner:
         except asyncio.CancelledError:
             await _stopped(export)
             with contextlib.suppress(Exception):
-                await self._jobs.hand_back(job, owner)
+                await self.jobs.hand_back(job, owner)
             raise
         try:
             size, sha256 = export.result()
         except ExportError as error:
             log.warning("job %s failed: %s: %s", job.id, error.code(), error.message)
-            await self._jobs.fail(job, owner, error.code(), error.message)
+            await self.jobs.fail(job, owner, error.code(), error.message)
             return
         except Exception:
             log.exception("job %s failed", job.id)
-            await self._jobs.fail(job, owner, "internal_error", "the export failed unexpectedly; see the server log")
+            await self.jobs.fail(job, owner, "internal_error", "the export failed unexpectedly; see the server log")
             return
-        result = Result(self._jobs.result_path(job), size, sha256, record.rows)
-        if not await self._jobs.succeed(job, owner, result) and (await self._jobs.get(job.id)).state != "succeeded":
+        result = Result(self.jobs.result_path(job), size, sha256, record.rows)
+        if not await self.jobs.succeed(job, owner, result) and (await self.jobs.get(job.id)).state != "succeeded":
             await anyio.Path(result.path).unlink(missing_ok=True)  # cancelled at the last moment
 
     async def _watch(self, job: Job, owner: str, record: ExportRecord, export: asyncio.Task[tuple[int, str]]
@@ -143,7 +142,7 @@ class Runner:
             due = record.rows != last_rows or now - last_sent >= MAX_SILENCE_SECONDS
             progress = progress_json(record.rows, record.bytes, now - started) if due else None
             try:
-                ours = await self._jobs.heartbeat(job, owner, record.rows, record.bytes, progress)
+                ours = await self.jobs.heartbeat(job, owner, record.rows, record.bytes, progress)
             except Exception:
                 log.exception("job %s: renewing its lease failed", job.id)
                 continue
@@ -161,7 +160,7 @@ class Runner:
                              wait_for_slot=True)
         body = iter_export(chunks, compression=export.compression, record=record, log_engine=self._log_engine,
                            max_rows=export.max_rows)
-        return await write_result(body, self._part(job.id, job.attempt), self._jobs.result_path(job))
+        return await write_result(body, self._part(job.id, job.attempt), self.jobs.result_path(job))
 
     def _part(self, job_id: str, attempt: int) -> Path:
         return self._settings.jobs_dir / f"{job_id}.{attempt}.part"
@@ -169,9 +168,9 @@ class Runner:
     async def _janitor(self) -> None:
         while True:
             try:
-                await self._jobs.requeue_lost()
-                await self._jobs.fail_unauthorised(await self.keys.unusable(await self._jobs.owners(), now()))
-                await self._jobs.expire_due()
+                await self.jobs.requeue_lost()
+                await self.jobs.fail_unauthorised(await self.keys.unusable(await self.jobs.owners(), now()))
+                await self.jobs.expire_due()
                 await self._sweep_parts()
             except Exception:
                 log.exception("job janitor: a round failed")
@@ -186,7 +185,7 @@ class Runner:
                 parts[(job_id, int(attempt))] = path
         if not parts:
             return
-        running = await self._jobs.running_attempts([job_id for job_id, _ in parts])
+        running = await self.jobs.running_attempts([job_id for job_id, _ in parts])
         for key, path in parts.items():
             if key not in running:
                 await path.unlink(missing_ok=True)
