@@ -35,6 +35,8 @@ class ExportSlots:
 
     def __init__(self, slots: int) -> None:
         self._semaphore = asyncio.Semaphore(slots)
+        self._slots = slots
+        self._free = slots
 
     @asynccontextmanager
     async def hold(self, wait: bool) -> AsyncIterator[None]:
@@ -44,7 +46,27 @@ class ExportSlots:
             raise Busy("every export slot of this dataset's database is in use; try again shortly",
                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         async with self._semaphore:
-            yield
+            self._free -= 1
+            try:
+                yield
+            finally:
+                self._free += 1
+
+    async def take_spare(self, wanted: int) -> int:
+        """Take up to `wanted` more slots for an export's parallel parts, at once and only while more than half
+        of all slots stay free, so that under load exports run serially rather than turn others away. Returns
+        how many were taken; give each back with give_back()."""
+        taken = 0
+        while taken < wanted and self._free - 1 >= self._slots // 2 and not self._semaphore.locked():
+            await self._semaphore.acquire()  # returns at once: it is not locked
+            self._free -= 1
+            taken += 1
+        return taken
+
+    def give_back(self, count: int) -> None:
+        for _ in range(count):
+            self._free += 1
+            self._semaphore.release()
 
 
 async def iter_limited(chunks: AsyncIterator[bytes], slots: ExportSlots | None, *, wait_for_slot: bool,

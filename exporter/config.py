@@ -18,6 +18,8 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see README "Files"
 MAX_FILE_CHUNK_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_COPY_PARALLEL = 4
+MAX_COPY_PARALLEL = 64
 DEFAULT_PARQUET_ROW_GROUP_ROWS = 131_072  # memory holds about one row group of a Parquet export
 ROOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # file roots and upstreams: safe in a URL path as they are
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.6.2)
@@ -83,6 +85,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     batch_rows: int = 500
     copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
+    copy_parallel: int = field(default_factory=lambda: default_copy_parallel())  # COPY parts per large export
+    copy_parallel_min_rows: int = 50_000  # an export estimated to have fewer rows runs as one COPY
     arrow_fast_path: bool = True  # PostgreSQL Parquet and Arrow exports read through ADBC into Arrow
     parquet_row_group_rows: int = DEFAULT_PARQUET_ROW_GROUP_ROWS
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
@@ -113,8 +117,9 @@ class Settings:
         """Build from the TOML file's shape plus top-level `database_url`, `batch_rows` and `file_chunk_bytes`;
         `environ` supplies the variables that sources name with `url_env` and upstream headers with `env`. A file
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
-        known = {"database_url", "batch_rows", "copy_fast_path", "datasets", "sources", "files", "file_chunk_bytes",
-                 "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS}
+        known = {"database_url", "batch_rows", "copy_fast_path", "copy_parallel", "copy_parallel_min_rows",
+                 "datasets", "sources", "files",
+                 "file_chunk_bytes", "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -126,6 +131,10 @@ class Settings:
             database_url=str(data.get("database_url", DEFAULT_DATABASE_URL)),
             batch_rows=_whole("batch_rows", data.get("batch_rows", cls.batch_rows), 1),
             copy_fast_path=_flag("copy_fast_path", data.get("copy_fast_path", True)),
+            copy_parallel=_whole("copy_parallel", data.get("copy_parallel", default_copy_parallel()), 1,
+                                 MAX_COPY_PARALLEL),
+            copy_parallel_min_rows=_whole("copy_parallel_min_rows",
+                                          data.get("copy_parallel_min_rows", cls.copy_parallel_min_rows), 0),
             arrow_fast_path=_flag("arrow_fast_path", data.get("arrow_fast_path", True)),
             datasets=datasets,
             sources=sources,
@@ -167,12 +176,17 @@ class Settings:
             data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for key in ("database_url", "batch_rows", "copy_fast_path", "file_chunk_bytes", *FORMAT_SETTINGS,
-                    *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS):
+        for key in ("database_url", "batch_rows", "copy_fast_path", "copy_parallel", "copy_parallel_min_rows",
+                    "file_chunk_bytes", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value
         return cls.from_dict(data, environ)
+
+
+def default_copy_parallel() -> int:
+    """One COPY part per core of this machine, at most DEFAULT_MAX_COPY_PARALLEL: see README "Parallel COPY"."""
+    return max(1, min(os.cpu_count() or 1, DEFAULT_MAX_COPY_PARALLEL))
 
 
 def _whole(name: str, value: Any, least: int, most: int | None = None) -> int:

@@ -38,7 +38,8 @@ from exporter.formats.parquet import ParquetSerializer
 from exporter.keys import NO_RESTRICTION, Restriction
 from exporter.models import ExportLogEntry
 from exporter.pgarrow import iter_arrow
-from exporter.pgcopy import copy_applies, copy_options, copy_statement, iter_copy
+from exporter.pgcopy import copy_applies, copy_options
+from exporter.pgparallel import iter_copy
 from exporter.queries import ExportQuery, build_query
 from exporter.rows import count_rows, iter_rows
 
@@ -153,8 +154,10 @@ def _open_chunks(dataset: Dataset, query: ExportQuery, options: Options, setting
     if (settings.copy_fast_path and dialect == "postgresql" and fmt in ("csv", "ndjson")
             and copy_applies(query, fmt, csv)):
         record.path = "copy"
-        statement = copy_statement(query, fmt, formula_guard=csv is not None and csv.formula_guard)
-        chunks = iter_copy(dataset.engine, statement, copy_options(fmt, csv), record.set_rows, idle_seconds)
+        guard = csv is not None and csv.formula_guard
+        chunks = iter_copy(dataset, query, fmt, copy_options(fmt, csv), formula_guard=guard,
+                           parts=settings.copy_parallel, min_rows=settings.copy_parallel_min_rows,
+                           on_rows=record.set_rows, idle_seconds=idle_seconds)
         return _iter_prefixed(BOM, chunks) if csv is not None and csv.bom else chunks
     serializer = create_serializer(query.columns, dialect, options)
     if settings.arrow_fast_path and dialect == "postgresql" and isinstance(

@@ -103,6 +103,8 @@ class ExportQuery:
     statement: Select[Any]
     columns: list[Column]
     source: Any
+    order: tuple[tuple[str, bool], ...] = ()  # (column, descending), the key last unless named before
+    limit: int | None = None  # the most rows the statement returns (its LIMIT), None for all
 
     def raw(self, name: str) -> ColumnElement[Any]:
         """The source column itself, for expressions over it (the COPY path's renderings)."""
@@ -148,14 +150,16 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
         stmt = stmt.where(keyed < value if order[0][1] else keyed > value)
     stmt = stmt.order_by(*(source.c[name].desc() if desc else source.c[name] for name, desc in order))
 
+    limit: int | None = None
     if "limit" in single:
-        limit = single["limit"]
-        if not re.fullmatch(r"[0-9]+", limit) or int(limit) > _INT64[1]:
+        if not re.fullmatch(r"[0-9]+", single["limit"]) or int(single["limit"]) > _INT64[1]:
             raise InvalidParameter("limit must be a whole number, 0 or more", parameter="limit")
-        stmt = stmt.limit(int(limit))
-    if restriction.max_rows is not None and ("limit" not in single or int(single["limit"]) > restriction.max_rows):
-        stmt = stmt.limit(restriction.max_rows + 1)
-    return ExportQuery(stmt, selected, source)
+        limit = int(single["limit"])
+    if restriction.max_rows is not None and (limit is None or limit > restriction.max_rows):
+        limit = restriction.max_rows + 1
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return ExportQuery(stmt, selected, source, tuple(order), limit)
 
 
 def _check_visible(dataset: Dataset, visible: tuple[str, ...], name: str, raw: str) -> None:
