@@ -41,6 +41,8 @@ POOL_IN_USE = Gauge("exporter_db_pool_in_use", "Connections checked out of each 
                     multiprocess_mode="livesum")
 POOL_WAIT = Histogram("exporter_db_pool_wait_seconds", "Time an export waited for a database connection",
                       buckets=BUCKETS)
+COPY_PARTS = Histogram("exporter_copy_parts", "COPY parts (connections) per fast-path export: more than 1 ran in "
+                       "parallel", buckets=(1, 2, 3, 4, 8, 16, 64))
 UPSTREAM_ERRORS = Counter("exporter_upstream_errors_total", "Upstream failures", ["upstream", "reason"])
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from exporter import metrics
 from exporter.capacity import ExportSlots
 from exporter.datasets import Dataset
 from exporter.db import database_errors, open_snapshot
@@ -118,6 +119,7 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
             raise
         _give_back(slots, spare + 1 - len(queries))
         stack.callback(_give_back, slots, len(queries) - 1)  # when every part's connection is back
+        metrics.COPY_PARTS.observe(len(queries))
         outputs = [_Output(changed, spooled=index > 0) for index in range(len(queries))]
         for output in outputs:
             stack.callback(output.close)

@@ -155,10 +155,14 @@ def test_copy_path_falls_back_to_generic_where_copy_cannot_match(
     assert [e["path"] for e in entries] == ["generic"] * 4
 
 
-def test_a_slow_client_holds_copy_back_instead_of_buffering(pg: Database, serve: Serve) -> None:
-    pg.seed_demo(300_000)
+@pytest.mark.parametrize("parts", [1, 2])
+def test_a_slow_client_holds_copy_back_instead_of_buffering(pg: Database, serve: Serve, parts: int) -> None:
+    # 300,000 rows (27 MB) per part: more than the buffers between COPY and the client (the part being sent holds
+    # 4 MB, the sockets on both sides a few MB more), so COPY itself must wait.
+    rows = 300_000 * parts
+    pg.seed_demo(rows)
     pg.execute("DELETE FROM export_log")
-    server = serve(pg.settings())
+    server = serve(pg.settings(copy_parallel=parts, copy_parallel_min_rows=1))
     with ChunkedReader(server.url, "/exports/orders.csv") as reader:
         assert reader.next_chunk()
         # PostgreSQL itself waits to write: the bounded queue and the socket pushed back all the way.
@@ -170,4 +174,4 @@ def test_a_slow_client_holds_copy_back_instead_of_buffering(pg: Database, serve:
         while reader.next_chunk() is not None:
             pass
     entry = wait_for(lambda: export_log(pg, "orders"))[0]
-    assert (entry["outcome"], entry["path"], entry["rows"]) == ("completed", "copy", 300_000)
+    assert (entry["outcome"], entry["path"], entry["rows"]) == ("completed", "copy", rows)
