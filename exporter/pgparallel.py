@@ -88,8 +88,8 @@ async def iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: dic
     `min_rows`):
     each part beyond the first needs one of the database's spare export slots (see ExportSlots.take_spare).
 
-    The first part runs on the connection that exports its snapshot (REPEATABLE READ, READ ONLY), and starts
-    once the others have imported it, so every part reads the tables as of one moment. Closing this iterator
+    The first part runs on the connection that exports its snapshot (REPEATABLE READ, READ ONLY), which the others
+    import, so every part reads the tables as of one moment. Closing this iterator
     cancels every COPY on the server, returns the connections and slots, and removes the temporary files; a
     failure of any part is raised here, and ends the others the same way. `on_rows` gets the number of lines
     sent so far, then the COPYs' own row count when all have ended. See open_snapshot for `idle_seconds`.
@@ -127,38 +127,24 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
         if len(queries) > 1:
             snapshot = (await leader.exec_driver_sql("SELECT pg_export_snapshot()")).scalar()
 
-        async def run(conn: AsyncConnection, index: int) -> None:
+        async def run(index: int) -> None:
             try:
-                await _copy(conn, queries[index], fmt, options, formula_guard, outputs[index], header=index == 0)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as error:
-                failures.append(error)
-                changed.set()
-
-        async def run_imported(index: int, imported: asyncio.Event) -> None:
-            try:
+                if index == 0:
+                    await _copy(leader, queries[0], fmt, options, formula_guard, outputs[0], header=True)
+                    return
                 async with open_snapshot(engine, idle_seconds) as conn:
                     await conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-                    imported.set()
-                    await run(conn, index)
+                    await _copy(conn, queries[index], fmt, options, formula_guard, outputs[index], header=False)
             except asyncio.CancelledError:
                 raise
             except BaseException as error:
                 failures.append(error)
                 changed.set()
-            finally:
-                imported.set()
 
         try:
-            imports = [asyncio.Event() for _ in queries[1:]]
-            tasks += [asyncio.create_task(run_imported(index, imported))
-                      for index, imported in enumerate(imports, start=1)]
-            # The exporting transaction must outlive every import of its snapshot: it starts its own COPY, which
-            # may end at once, when the others have theirs.
-            for imported in imports:
-                await imported.wait()
-            tasks.append(asyncio.create_task(run(leader, 0)))
+            # The exporting transaction stays open until the last part has been sent, so the others can import
+            # its snapshot while the first part runs.
+            tasks += [asyncio.create_task(run(index)) for index in range(len(queries))]
             lines = -1 if options.get("header") else 0
             send_now = True  # the first chunk goes at once, as does one that waited FLUSH_SECONDS
             for output in outputs:
