@@ -42,6 +42,7 @@ test: $(VENV)/.installed system-deps $(CHROMIUM)
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
+	$(BIN)/python -m tests.bench_copy
 	$(BIN)/python -m tests.bench_files
 	$(BIN)/python -m tests.bench_proxy
 	$(BIN)/python -m tests.bench_formats
