@@ -1,8 +1,9 @@
 """`make bench`: export speed and server memory, measured against psql and a per-row "tutorial" app.
 
-`python -m tests.benchmarks` seeds its own databases, starts the servers, prints tables and writes every raw
-number to bench-results.json; `python -m tests.benchmarks tutorial --port P --database-url URL` serves the
-tutorial app. Timings are reported, never asserted: the run exits 1 only if an export fails.
+`python -m tests.benchmarks [--parts ab]` seeds its own databases, starts the servers, prints tables and writes
+every raw number to bench-results.json (`--parts` runs only some of the parts, see PARTS);
+`python -m tests.benchmarks tutorial --port P --database-url URL` serves the tutorial app.
+Timings are reported, never asserted: the run exits 1 only if an export fails.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ CONCURRENT_EXPORTS = 8
 MB = 1_000_000
 CURL_FORMAT = "%{time_total} %{time_starttransfer} %{size_download} %{http_code}"
 PLAIN_SELECT = "SELECT * FROM orders ORDER BY id"
+ROW_TO_JSON_SELECT = f"SELECT row_to_json(o) FROM ({PLAIN_SELECT}) o"  # PostgreSQL's own JSON of each row
+PARTS = "abcdef"  # a, b: psql; c, d: the generic path and SQLite against the tutorial app; e, f: memory
 NDJSON_COPY_OPTIONS = "format csv, quote e'\\x01', delimiter e'\\x02'"  # one JSON column, written verbatim
 
 
@@ -355,12 +358,14 @@ def migrate_and_seed(name: str, url: str, rows: int = ROWS) -> float:
     return run_command([str(EXPORTER), "seed-demo", "--rows", str(rows)], env)
 
 
-def prepare_databases() -> dict[str, float]:
-    """Fresh `exporter_bench` database and SQLite file, migrated and seeded with ROWS; seconds per seed."""
+def prepare_databases(sqlite: bool = True) -> dict[str, float]:
+    """Fresh `exporter_bench` database and (if `sqlite`) SQLite file, migrated and seeded with ROWS; seconds per
+    seed."""
     create_pg_database(PG_DATABASE)
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    return {name: migrate_and_seed(name, url) for name, url in (("postgresql", PG_URL), ("sqlite", SQLITE_URL))}
+    urls = [("postgresql", PG_URL), *([("sqlite", SQLITE_URL)] if sqlite else [])]
+    return {name: migrate_and_seed(name, url) for name, url in urls}
 
 
 def copy_queries() -> dict[str, str]:
@@ -380,13 +385,18 @@ Group = tuple[str, list[Case], int]  # progress label, cases alternated run by r
 
 
 def psql_groups(queries: dict[str, str], fast: Server) -> list[Group]:
-    """Parts a and b: the service's fast path against psql running the fast path's own SELECT."""
+    """Parts a and b: the service's fast path against what a user would run by hand instead: psql's CSV of the
+    plain table (other bytes: `t`/`f`, `2024-01-01 00:00:53+00`), and PostgreSQL's own row_to_json. psql running
+    the fast path's own SELECT is an extra row: what rendering the documented formats costs PostgreSQL."""
     return [
-        ("a", [Case("psql csv", ROWS, psql_copy(queries["csv"], "format csv, header")),
+        ("a", [Case("psql csv", ROWS, psql_copy(PLAIN_SELECT, "format csv, header")),
                export_case("pg fast path csv", fast, "/exports/orders.csv", ROWS, "psql csv"),
-               Case("psql csv of SELECT *", ROWS, psql_copy(PLAIN_SELECT, "format csv, header"), "psql csv")], 5),
-        ("b", [Case("psql ndjson", ROWS, psql_copy(queries["ndjson"], NDJSON_COPY_OPTIONS)),
-               export_case("pg fast path ndjson", fast, "/exports/orders.ndjson", ROWS, "psql ndjson")], 5),
+               Case("psql csv of fast path SELECT", ROWS, psql_copy(queries["csv"], "format csv, header"),
+                    "psql csv")], 5),
+        ("b", [Case("psql ndjson", ROWS, psql_copy(ROW_TO_JSON_SELECT, NDJSON_COPY_OPTIONS)),
+               export_case("pg fast path ndjson", fast, "/exports/orders.ndjson", ROWS, "psql ndjson"),
+               Case("psql ndjson of fast path SELECT", ROWS, psql_copy(queries["ndjson"], NDJSON_COPY_OPTIONS),
+                    "psql ndjson")], 5),
     ]
 
 
@@ -421,52 +431,66 @@ def concurrent_exports(server: Server) -> list[Run]:
     return [parse_curl(process.returncode, *output) for process, output in zip(processes, outputs, strict=True)]
 
 
-def run_benchmarks(results: dict[str, Any]) -> tuple[list[Case], list[Memory], list[str]]:
-    """Parts a-f with the servers they need, stopped however this ends; the cases, the memory scenarios
-    and the failures found. Adds seed times and the COPY queries to `results`."""
-    results["seed_seconds"] = prepare_databases()
+def run_benchmarks(results: dict[str, Any], parts: str = PARTS) -> tuple[list[Case], list[Memory], list[str]]:
+    """The `parts` (letters of PARTS) with the servers they need, stopped however this ends; the cases, the memory
+    scenarios and the failures found. Adds seed times and the COPY queries to `results`."""
+    results["seed_seconds"] = prepare_databases(sqlite="d" in parts)
     queries = results["copy_queries"] = copy_queries()
     cases: list[Case] = []
     memories: list[Memory] = []
     failures: list[str] = []
+
+    def needs(part_letters: str) -> bool:
+        return any(part in parts for part in part_letters)
+
     with ExitStack() as servers:
-        fast = servers.enter_context(exporter_server("pg-fast", bench_env(EXPORTER_DATABASE_URL=PG_URL)))
-        generic = servers.enter_context(exporter_server(
+        def start(wanted: bool, server: AbstractContextManager[Server]) -> Server | None:
+            return servers.enter_context(server) if wanted else None
+
+        fast = start(needs("abef"), exporter_server("pg-fast", bench_env(EXPORTER_DATABASE_URL=PG_URL)))
+        generic = start(needs("ce"), exporter_server(
             "pg-generic", bench_env(EXPORTER_DATABASE_URL=PG_URL, EXPORTER_COPY_FAST_PATH="false")))
-        sqlite = servers.enter_context(exporter_server("sqlite", bench_env(EXPORTER_DATABASE_URL=SQLITE_URL)))
-        tutorial_pg = servers.enter_context(tutorial_server("tutorial-pg", PG_URL))
-        tutorial_sqlite = servers.enter_context(tutorial_server("tutorial-sqlite", SQLITE_URL))
-        groups = [
-            *psql_groups(queries, fast),
-            *tutorial_groups("c", "pg", generic, tutorial_pg),
-            ("d", [export_case("sqlite csv", sqlite, "/exports/orders.csv", ROWS),
-                   export_case("sqlite ndjson", sqlite, "/exports/orders.ndjson", ROWS)], 3),
-            *tutorial_groups("d", "sqlite", sqlite, tutorial_sqlite),
-        ]
+        sqlite = start(needs("d"), exporter_server("sqlite", bench_env(EXPORTER_DATABASE_URL=SQLITE_URL)))
+        tutorial_pg = start(needs("c"), tutorial_server("tutorial-pg", PG_URL))
+        tutorial_sqlite = start(needs("d"), tutorial_server("tutorial-sqlite", SQLITE_URL))
+        groups: list[Group] = []
+        if fast and needs("ab"):
+            groups += psql_groups(queries, fast)
+        if generic and tutorial_pg:
+            groups += tutorial_groups("c", "pg", generic, tutorial_pg)
+        if sqlite and tutorial_sqlite:
+            groups += [("d", [export_case("sqlite csv", sqlite, "/exports/orders.csv", ROWS),
+                              export_case("sqlite ndjson", sqlite, "/exports/orders.ndjson", ROWS)], 3),
+                       *tutorial_groups("d", "sqlite", sqlite, tutorial_sqlite)]
         for label, group, repeats in groups:
+            if label not in parts:
+                continue
             measure(label, group, repeats)
             cases.extend(group)
             failures.extend(failure for case in group for failure in case.failures())
 
-        csv_bytes = next(case.bytes for case in cases if case.name == "pg fast path csv")
+        csv_bytes = next((case.bytes for case in cases if case.name == "pg fast path csv"), None)
         rows = f"{ROWS:,}-row csv"
-        scenarios: list[tuple[str, Server, Callable[[Server], list[Run]], int | None]] = [
-            (rows, fast, one_export, csv_bytes),
-            (rows, generic, one_export, csv_bytes),
-            (f"client at 1 MB/s for {SLOW_CLIENT_SECONDS} s", fast, slow_client, None),
-            (f"client at 1 MB/s for {SLOW_CLIENT_SECONDS} s", generic, slow_client, None),
-            (f"{CONCURRENT_EXPORTS} concurrent {rows}", fast, concurrent_exports, csv_bytes),
-        ]
+        scenarios: list[tuple[str, Server, Callable[[Server], list[Run]], int | None]] = []
+        if fast and generic and "e" in parts:
+            scenarios = [
+                (rows, fast, one_export, csv_bytes),
+                (rows, generic, one_export, csv_bytes),
+                (f"client at 1 MB/s for {SLOW_CLIENT_SECONDS} s", fast, slow_client, None),
+                (f"client at 1 MB/s for {SLOW_CLIENT_SECONDS} s", generic, slow_client, None),
+                (f"{CONCURRENT_EXPORTS} concurrent {rows}", fast, concurrent_exports, csv_bytes),
+            ]
         for scenario, server, load, expected_bytes in scenarios:
             memories.append(measure_memory(scenario, server, load))
             failures.extend(memory_failures(memories[-1], expected_bytes))
 
-        # The same server process, not a new one, so every number in a run comes from the code it started with.
-        note(f"re-seeding postgresql with {BIG_ROWS:,} rows")
-        results["seed_seconds"]["postgresql_big"] = run_command(
-            [str(EXPORTER), "seed-demo", "--rows", str(BIG_ROWS)], bench_env(EXPORTER_DATABASE_URL=PG_URL))
-        memories.append(measure_memory(f"{BIG_ROWS:,}-row csv", fast, one_export))
-        failures.extend(memory_failures(memories[-1], None))
+        if fast and "f" in parts:
+            # The same server process, not a new one, so every number in a run comes from the code it started with.
+            note(f"re-seeding postgresql with {BIG_ROWS:,} rows")
+            results["seed_seconds"]["postgresql_big"] = run_command(
+                [str(EXPORTER), "seed-demo", "--rows", str(BIG_ROWS)], bench_env(EXPORTER_DATABASE_URL=PG_URL))
+            memories.append(measure_memory(f"{BIG_ROWS:,}-row csv", fast, one_export))
+            failures.extend(memory_failures(memories[-1], None))
     return cases, memories, failures
 
 
@@ -513,13 +537,13 @@ def print_report(cases: list[Case], memories: list[Memory]) -> list[str]:
 
     # Exports that should be byte for byte the same (README: same data, same bytes); a difference is a note.
     sample = f"{SAMPLE_ROWS // 1000}k"
-    same_bytes = [("psql csv", "pg fast path csv", "sqlite csv"),
-                  ("psql ndjson", "pg fast path ndjson", "sqlite ndjson"),
+    same_bytes = [("psql csv of fast path SELECT", "pg fast path csv", "sqlite csv"),
+                  ("psql ndjson of fast path SELECT", "pg fast path ndjson", "sqlite ndjson"),
                   (f"pg generic csv {sample}", f"sqlite generic csv {sample}"),
                   (f"pg generic ndjson {sample}", f"sqlite generic ndjson {sample}")]
     notes = []
     for names in same_bytes:
-        sizes = {name: by_name[name].bytes for name in names}
+        sizes = {name: by_name[name].bytes for name in names if name in by_name}
         if len(set(sizes.values())) > 1:
             notes.append("sizes differ: " + ", ".join(f"{name} {size:,}" for name, size in sizes.items()))
     return notes
@@ -540,10 +564,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tutorial.add_argument("--host", default="127.0.0.1")
     tutorial.add_argument("--port", type=int, required=True)
     tutorial.add_argument("--database-url", required=True)
+    parser.add_argument("--parts", default=PARTS,
+                        help=f"the parts to run, letters of {PARTS} (a, b: psql; c, d: tutorial; e, f: memory)")
     args = parser.parse_args(argv)
     if args.command == "tutorial":
         uvicorn.run(create_tutorial_app(args.database_url), host=args.host, port=args.port, log_level="warning")
         return 0
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"--parts: unknown part(s) {''.join(sorted(unknown))}; the parts are {PARTS}")
 
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
@@ -551,9 +579,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": ROWS, "sample_rows": SAMPLE_ROWS, "big_rows": BIG_ROWS,
         "units": "seconds, bytes, KiB (memory); psql run bytes come from an untimed sizing run",
         "code": code_version(),
+        "parts": args.parts,
         "load_average": {"start": os.getloadavg()},
     }
-    cases, memories, failures = run_benchmarks(results)
+    cases, memories, failures = run_benchmarks(results, args.parts)
     notes = print_report(cases, memories)
     results |= {"cases": [case.to_json() for case in cases], "memory": [entry.to_json() for entry in memories],
                 "notes": notes, "failures": failures, "code_at_end": code_version()}

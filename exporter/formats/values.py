@@ -234,7 +234,8 @@ def _timestamps_text(values: Sequence[Any]) -> list[Any]:
     that it keeps six fraction digits; those values, other offsets and ±infinity go through timestamp_text."""
     texts = orjson.loads(orjson.dumps(values))
     return [
-        text if text is None or (text[19] == "+" and text.endswith("+00:00")) else timestamp_text(value)
+        # -infinity comes as naive datetime.min, whose text ends after the seconds: text[19] would not exist.
+        text if text is None or (text[19:20] == "+" and text.endswith("+00:00")) else timestamp_text(value)
         for text, value in zip(texts, values, strict=True)
     ]
 
