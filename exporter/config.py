@@ -86,7 +86,7 @@ class Settings:
     batch_rows: int = 500
     copy_fast_path: bool = True  # PostgreSQL COPY for exports it can render byte-identically
     copy_parallel: int = field(default_factory=lambda: default_copy_parallel())  # COPY parts per large export
-    copy_parallel_min_rows: int = 50_000  # an export estimated to have fewer rows runs as one COPY
+    copy_parallel_min_rows: int = 100_000  # an export estimated to have fewer rows runs as one COPY
     arrow_fast_path: bool = True  # PostgreSQL Parquet and Arrow exports read through ADBC into Arrow
     parquet_row_group_rows: int = DEFAULT_PARQUET_ROW_GROUP_ROWS
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)

@@ -4,6 +4,7 @@ connection, all in one snapshot, their output sent in the parts' order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from collections import deque
@@ -142,9 +143,17 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
                 changed.set()
 
         try:
-            # The exporting transaction stays open until the last part has been sent, so the others can import
-            # its snapshot while the first part runs.
-            tasks += [asyncio.create_task(run(index)) for index in range(len(queries))]
+            tasks.append(asyncio.create_task(run(0)))
+            # The others start once the first part has rows to send (or FLUSH_SECONDS passed), so that they do not
+            # compete for the cores with its first rows; they import the snapshot then, its transaction staying
+            # open until the last part has been sent.
+            if len(queries) > 1:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_SECONDS):
+                        while not (outputs[0].unsent or outputs[0].rows is not None or failures):
+                            changed.clear()
+                            await changed.wait()
+                tasks += [asyncio.create_task(run(index)) for index in range(1, len(queries))]
             lines = -1 if options.get("header") else 0
             send_now = True  # the first chunk goes at once, as does one that waited FLUSH_SECONDS
             for output in outputs:
