@@ -1,4 +1,5 @@
-"""`exporter serve`: uvicorn with a drain on SIGTERM, in one process or in `--workers N` processes on one port."""
+"""`exporter serve`: uvicorn with a drain on SIGTERM, in one process or in `--workers N` processes on one port, each
+with fixed heap thresholds (keep_freed_heap)."""
 
 from __future__ import annotations
 
