@@ -1,12 +1,15 @@
-"""`exporter serve`: uvicorn with a drain on SIGTERM, in one process or in `--workers N` processes on one port."""
+"""`exporter serve`: uvicorn with a drain on SIGTERM, in one process or in `--workers N` processes on one port, each
+with fixed heap thresholds (keep_freed_heap)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -26,12 +29,34 @@ log = logging.getLogger(__name__)
 
 APP = "exporter.server:app_from_environ"  # each worker process builds its app from the environment
 STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start: restarting it would fail again
+# glibc's mallopt(3) parameters (malloc.h) and the values keep_freed_heap sets.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_TRIM_THRESHOLD_BYTES = 32 * 1024 * 1024
+HEAP_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # the most glibc's own sliding threshold reaches on 64-bit
 _app: FastAPI | None = None
+
+
+def keep_freed_heap() -> None:
+    """Have glibc take blocks below HEAP_MMAP_THRESHOLD_BYTES from the heap and keep up to
+    HEAP_TRIM_THRESHOLD_BYTES of freed memory at its top, instead of its sliding defaults. A streamed download
+    allocates and frees blocks of a few hundred KiB per chunk (the event loop's read, h11's buffer, the chunk
+    sent). With the defaults, in a fresh process, the heap's top crept up by one such block per chunk, into fresh
+    pages, and was given back to the kernel about every 8 MiB: relaying 2 GiB cost 515,000 page faults (one per
+    4 KiB relayed) and 2.7 s of CPU time. With these, the heap stops moving: under 3,000 faults and 1.0 s (issue
+    13). The cost is at most HEAP_TRIM_THRESHOLD_BYTES of freed memory that stays resident. Nothing to do on
+    other C libraries."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(None)
+    # Setting either also stops glibc from moving its thresholds itself, so both are set.
+    libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD_BYTES)
+    libc.mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD_BYTES)
 
 
 def app_from_environ() -> FastAPI:
     """The app as `exporter serve` runs it (uvicorn's factory, in each worker process)."""
     global _app
+    keep_freed_heap()
     settings = Settings.from_environ()
     configure_logging(settings.log_format)
     _app = create_app(settings)

@@ -2,18 +2,16 @@
 
 One nginx (sendfile) serves the 2 GiB file of tests.bench_files as the upstream. curl downloads it to /dev/null
 directly, through a second nginx with `proxy_pass` (proxy_buffering off: the reference; and on), through the
-tutorial httpx relay (aiter_bytes into a StreamingResponse, under uvicorn like `exporter serve`), through
-`exporter serve`'s /proxy, and through the same service with httpcore reading more than its 64 KiB per socket
-read (patched here only, to see whether a larger read size would help). Rounds alternate over all cases; the table
-gives the median MB/s, the ratio to the reference, and the server's peak RSS growth per download (VmRSS before,
-VmHWM after, the peak reset through /proc/PID/clear_refs). Then a client reading at 1 MB/s for SLOW_SECONDS
-through each relay: the relay's peak RSS growth, and how much the upstream sent for that request (its access log's
-$bytes_sent, written when the relay closes the upstream request), which shows whether the upstream was paused or
-read ahead. Needs nginx (Debian's nginx-light). Timings are reported, never asserted: the run exits 1 only if a
-download fails.
+tutorial httpx relay (aiter_bytes into a StreamingResponse, under uvicorn with uvloop and httptools, as `exporter
+serve` runs; with glibc's default heap thresholds, and with the service's, see server.keep_freed_heap), and through
+`exporter serve`'s /proxy. Rounds alternate over all cases; the table gives the median MB/s, the ratio to the
+reference, and the server's peak RSS growth per download (VmRSS before, VmHWM after, the peak reset through
+/proc/PID/clear_refs). Then a client reading at 1 MB/s for SLOW_SECONDS through each relay: the relay's peak RSS
+growth, and how much the upstream sent for that request (its access log's $bytes_sent, written when the relay closes
+the upstream request), which shows whether the upstream was paused or read ahead. Needs nginx (Debian's
+nginx-light). Timings are reported, never asserted: the run exits 1 only if a download fails.
 
-`python -m tests.bench_proxy tutorial --port P --upstream URL` serves the tutorial relay;
-`python -m tests.bench_proxy exporter --port P --read-bytes N` serves the service with httpcore's read size set.
+`python -m tests.bench_proxy tutorial --port P --upstream URL [--keep-freed-heap]` serves the tutorial relay.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "var" / "bench-proxy"
 EXPORTER = Path(sys.executable).with_name("exporter")
 REFERENCE = "nginx proxy_pass, buffering off"
-READ_SIZES = [256 * 1024, 1024 * 1024]
 RUNS = 7
 SLOW_SECONDS = 15
 
@@ -65,18 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tutorial = commands.add_parser("tutorial", help="serve the tutorial httpx relay")
     tutorial.add_argument("--port", type=int, required=True)
     tutorial.add_argument("--upstream", required=True)
-    patched = commands.add_parser("exporter", help="serve the service with httpcore's socket read size set")
-    patched.add_argument("--port", type=int, required=True)
-    patched.add_argument("--read-bytes", type=int, required=True)
+    tutorial.add_argument("--keep-freed-heap", action="store_true", help="with the service's heap thresholds")
     parser.add_argument("--runs", type=int, default=RUNS)
-    parser.add_argument("--read-sizes", type=lambda v: [int(s) for s in v.split(",") if s], default=READ_SIZES)
     parser.add_argument("--slow-seconds", type=int, default=SLOW_SECONDS)
     args = parser.parse_args(argv)
     if args.command == "tutorial":
-        serve_tutorial(args.port, args.upstream)
-        return 0
-    if args.command == "exporter":
-        serve_patched_exporter(args.port, args.read_bytes)
+        serve_tutorial(args.port, args.upstream, args.keep_freed_heap)
         return 0
 
     if not shutil.which("nginx"):
@@ -93,14 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cases.append(Case(f"nginx proxy_pass, buffering {buffering}", pid, url, True))
             pid, url = stack.enter_context(tutorial_relay(upstream))
             cases.append(Case("tutorial httpx relay (aiter_bytes, StreamingResponse)", pid, url, True))
+            pid, url = stack.enter_context(tutorial_relay(upstream, keep_freed_heap=True))
+            cases.append(Case("tutorial httpx relay, with the service's heap thresholds", pid, url, True))
             pid, url = stack.enter_context(exporter(upstream))
-            cases.append(Case("**exporter /proxy** (aiter_raw, 64 KiB reads)", pid, url, True))
-            for size in args.read_sizes:
-                pid, url = stack.enter_context(exporter(upstream, size))
-                cases.append(Case(f"exporter /proxy, httpcore reads of {size // 1024} KiB (patched)", pid, url, True))
+            cases.append(Case("**exporter /proxy** (aiter_raw, 256 KiB reads)", pid, url, True))
             results = measure(cases, args.runs)
             slow = [(case.name, *slow_client(case, args.slow_seconds, access_log)) for case in cases
-                    if case.relay and "buffering on" not in case.name and "patched" not in case.name]
+                    if case.relay and "buffering on" not in case.name]
     except subprocess.CalledProcessError as exc:
         print(f"a download failed: {exc}", file=sys.stderr)
         return 1
@@ -206,16 +196,18 @@ def nginx_proxy(upstream: str, buffering: str) -> Iterator[tuple[int, str]]:
 
 
 @contextmanager
-def tutorial_relay(upstream: str) -> Iterator[tuple[int, str]]:
+def tutorial_relay(upstream: str, keep_freed_heap: bool = False) -> Iterator[tuple[int, str]]:
     port = free_port()
-    command = [sys.executable, "-m", "tests.bench_proxy", "tutorial", "--port", str(port), "--upstream", upstream]
+    command = [sys.executable, "-m", "tests.bench_proxy", "tutorial", "--port", str(port), "--upstream", upstream,
+               *(["--keep-freed-heap"] if keep_freed_heap else [])]
     url = f"http://127.0.0.1:{port}/{FILE_NAME}"
-    with running("tutorial-relay", command, url) as pid:
+    with running("tutorial-relay" + ("-heap" if keep_freed_heap else ""), command, url) as pid:
         yield pid, url
 
 
-def serve_tutorial(port: int, upstream: str) -> None:
-    """The relay most tutorials show: one shared AsyncClient, aiter_bytes() into a StreamingResponse."""
+def serve_tutorial(port: int, upstream: str, keep_freed_heap: bool) -> None:
+    """The relay most tutorials show: one shared AsyncClient, aiter_bytes() into a StreamingResponse; with
+    `keep_freed_heap`, after the call `exporter serve` makes first."""
     import httpx
     import uvicorn
     from starlette.applications import Starlette
@@ -224,6 +216,10 @@ def serve_tutorial(port: int, upstream: str) -> None:
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
+    from exporter.server import keep_freed_heap as keep_heap
+
+    if keep_freed_heap:
+        keep_heap()
     client = httpx.AsyncClient(base_url=upstream)
 
     async def relay(request: Request) -> StreamingResponse:
@@ -238,35 +234,18 @@ def serve_tutorial(port: int, upstream: str) -> None:
 
 
 @contextmanager
-def exporter(upstream: str, read_bytes: int | None = None) -> Iterator[tuple[int, str]]:
-    """`exporter serve` with `upstream` declared as [upstreams.bench]; with `read_bytes`, the patched variant."""
+def exporter(upstream: str) -> Iterator[tuple[int, str]]:
+    """`exporter serve` with `upstream` declared as [upstreams.bench], on a migrated SQLite database (so that its
+    job workers idle rather than retry)."""
     port = free_port()
     config = WORK / "exporter.toml"
     config.write_text(f'[upstreams.bench]\nbase_url = "{upstream}"\n')
     env = {"EXPORTER_CONFIG": str(config), "EXPORTER_AUTH": "off",
            "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{WORK / 'exporter.db'}"}
-    if read_bytes is None:
-        name, command = "exporter", [str(EXPORTER), "serve", "--port", str(port)]
-    else:
-        name = f"exporter-read-{read_bytes}"
-        command = [sys.executable, "-m", "tests.bench_proxy", "exporter", "--port", str(port),
-                   "--read-bytes", str(read_bytes)]
+    subprocess.run([str(EXPORTER), "migrate"], env={**os.environ, **env}, check=True, capture_output=True)
     url = f"http://127.0.0.1:{port}/proxy/bench/{FILE_NAME}"
-    with running(name, command, url, env) as pid:
+    with running("exporter", [str(EXPORTER), "serve", "--port", str(port)], url, env) as pid:
         yield pid, url
-
-
-def serve_patched_exporter(port: int, read_bytes: int) -> None:
-    """`exporter serve`, except that httpcore reads up to `read_bytes` per socket read instead of 64 KiB (a class
-    attribute: there is no setting for it, so the service itself does not change it)."""
-    import httpcore
-    import uvicorn
-
-    from exporter.app import create_app
-    from exporter.config import Settings
-
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = read_bytes
-    uvicorn.run(create_app(Settings.from_environ()), host="127.0.0.1", port=port)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """relay's pure parts: upstream URLs from a base URL and a decoded path, the paths it refuses, the headers
-forwarded each way, and the Location a redirect gets."""
+forwarded each way, and the Location a redirect gets; and, over a real loopback socket, the size of its reads."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import random
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +17,7 @@ import pytest
 from exporter.config import Settings, UpstreamConfig
 from exporter.errors import InvalidPath, UnknownUpstream, UpstreamRedirect
 from exporter.relay import (
+    UPSTREAM_READ_BYTES,
     Upstream,
     create_upstreams,
     find_upstream,
@@ -21,6 +26,8 @@ from exporter.relay import (
     relayed_headers,
     upstream_url,
 )
+from tests.routes.test_exports import wait_for
+from tests.upstreams import RawServer, drop
 
 
 def make_upstream(base_url: str = "http://store.internal:9000/bucket/", **table: Any) -> Upstream:
@@ -202,3 +209,52 @@ def test_upstreams_are_created_per_config_found_by_name_and_closed() -> None:
 
     asyncio.run(close())
     assert all(upstream.client.is_closed for upstream in upstreams.values())
+
+
+def test_the_upstream_is_read_more_than_httpcores_64_kib_at_a_time_when_that_much_is_waiting() -> None:
+    body = random.Random(13).randbytes(1024 * 1024)
+    with RawServer(drop(body, len(body))) as origin, asyncio.Runner() as runner:
+        upstream = make_upstream(origin.url)
+        try:
+            request = upstream.client.build_request("GET", f"{origin.url}/x")
+            response = runner.run(upstream.client.send(request, stream=True))
+            # Between runs the loop reads nothing, so the whole body waits in loopback's socket buffers.
+            wait_for(lambda: origin.bytes_sent == len(body))
+            chunks = runner.run(collect(response.aiter_raw()))
+        finally:
+            runner.run(upstream.aclose())
+    assert b"".join(chunks) == body
+    assert 64 * 1024 < max(len(chunk) for chunk in chunks) <= UPSTREAM_READ_BYTES
+
+
+async def collect(chunks: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in chunks]
+
+
+def test_an_https_upstream_is_verified_against_certifi_not_a_ca_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # would make the self-signed certificate trusted
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def fetch() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        upstream = make_upstream(f"https://127.0.0.1:{port}")
+        try:
+            async with server:
+                await upstream.client.get(f"https://127.0.0.1:{port}/x")
+        finally:
+            await upstream.aclose()
+
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(fetch())
