@@ -327,7 +327,9 @@ def test_one_download_more_than_max_concurrent_is_429_at_once(pg: Database, secu
 @pytest.mark.parametrize("path", ["/exports/slow.csv", "/files/r/big.bin", "/proxy/up/big.bin"])
 def test_revoking_a_key_aborts_its_running_download(pg: Database, secured: Callable[..., ServerThread],
                                                     tmp_path: Path, path: str) -> None:
-    make_slow(pg)
+    # 16 s of pauses, 4 s in each of 4 parallel COPY parts: the export is still being produced when the watcher
+    # sees the revocation (a faster one could sit whole in the sockets' buffers by then, and end cleanly).
+    make_slow(pg, sleep_seconds=0.08)
     server = secured(datasets=SLOW, batch_rows=100)
     token = create_key(pg, "leaver", "dataset:slow", "files:r", "proxy:up")
     output = tmp_path / "download"
@@ -341,7 +343,7 @@ def test_revoking_a_key_aborts_its_running_download(pg: Database, secured: Calla
 
 
 def test_revoking_a_key_fails_its_running_job(pg: Database, secured: Callable[..., ServerThread]) -> None:
-    make_slow(pg, sleep_seconds=0.06)  # 12 s in all: it is still running when the revocation is seen
+    make_slow(pg, sleep_seconds=0.12)  # 24 s in all, 6 s in each of 4 COPY parts: still running when revoked
     server = secured(datasets=SLOW, batch_rows=100)
     token = create_key(pg, "leaver", "dataset:slow")
     admin = create_key(pg, "ops", "admin")
