@@ -17,7 +17,6 @@ import pytest
 from exporter.config import Settings, UpstreamConfig
 from exporter.errors import InvalidPath, UnknownUpstream, UpstreamRedirect
 from exporter.relay import (
-    UPSTREAM_READ_BYTES,
     Upstream,
     create_upstreams,
     find_upstream,
@@ -26,6 +25,7 @@ from exporter.relay import (
     relayed_headers,
     upstream_url,
 )
+from exporter.transport import UPSTREAM_READ_BYTES
 from tests.routes.test_exports import wait_for
 from tests.upstreams import RawServer, drop
 
