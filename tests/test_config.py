@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,23 @@ def test_copy_fast_path_is_on_by_default_and_turned_off_by_the_environment(
 def test_copy_fast_path_that_is_not_a_flag_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="copy_fast_path"):
         Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_COPY_FAST_PATH": "sometimes"})
+
+
+def test_parallel_copy_defaults_to_two_parts_a_core_at_most_four_and_reads_the_environment(tmp_path: Path) -> None:
+    defaults = Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path)})
+    assert defaults.copy_parallel == min(4, 2 * (os.cpu_count() or 1))
+    assert defaults.copy_parallel_min_rows == 100_000
+    environ = {"EXPORTER_CONFIG": config_file(tmp_path), "EXPORTER_COPY_PARALLEL": "1",
+               "EXPORTER_COPY_PARALLEL_MIN_ROWS": "5000"}
+    settings = Settings.from_environ(environ)
+    assert (settings.copy_parallel, settings.copy_parallel_min_rows) == (1, 5000)
+
+
+@pytest.mark.parametrize(("name", "value"), [("COPY_PARALLEL", "0"), ("COPY_PARALLEL", "65"),
+                                             ("COPY_PARALLEL", "two"), ("COPY_PARALLEL_MIN_ROWS", "-1")])
+def test_parallel_copy_settings_out_of_range_are_config_errors(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name.lower()):
+        Settings.from_environ({"EXPORTER_CONFIG": config_file(tmp_path), f"EXPORTER_{name}": value})
 
 
 def test_file_roots_are_directories_by_name_as_a_string_or_a_table_with_hidden(tmp_path: Path) -> None:
