@@ -261,7 +261,7 @@ def test_a_client_that_leaves_cancels_every_part(slowly: Database, serve: Serve)
     server = serve(slowly.settings(datasets=DATASETS, copy_parallel=4, copy_parallel_min_rows=1))
     with ChunkedReader(server.url, "/exports/slowly.ndjson") as reader:
         assert reader.next_chunk()
-        assert len(copy_backends(slowly)) == 4
+        wait_for(lambda: len(copy_backends(slowly)) == 4)  # the others start once the first has rows
     wait_for(lambda: not busy_backends(slowly) and pool_idle(server), seconds=2)
     entry = wait_for(lambda: export_log(slowly, "slowly"))[0]
     assert (entry["outcome"], entry["path"]) == ("aborted", "copy")
