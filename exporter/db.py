@@ -74,7 +74,7 @@ def database_errors(what: str) -> Iterator[None]:
     try:
         yield
     except (OSError, exc.InterfaceError, exc.OperationalError, asyncpg.InterfaceError,
-            asyncpg.ConnectionDoesNotExistError) as error:
+            asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError) as error:
         raise DatabaseUnavailable(f"{what}: the database is unreachable ({_reason(error)})") from error
     except (exc.DBAPIError, asyncpg.PostgresError) as error:
         raise DatasetUnavailable(f"{what}: the query failed ({_reason(error)})") from error
@@ -108,8 +108,10 @@ async def open_snapshot(engine: AsyncEngine, idle_seconds: float | None = None) 
         with anyio.CancelScope(shield=True):
             try:
                 await conn.close()
-            except exc.DBAPIError:
+            except (exc.DBAPIError, asyncpg.InterfaceError, asyncpg.InternalClientError):
                 # The connection died under the export (e.g. its backend was terminated), so the rollback
-                # cannot run; SQLAlchemy has already discarded it from the pool. The export's own error,
-                # not this one, is what the caller must see.
+                # cannot run: SQLAlchemy discards it, or the pool's pre-ping will. asyncpg may still be reading
+                # the backend's last error ("cannot switch to state 12; another operation (2) is in progress",
+                # seen when a parallel export's backends were all terminated). The export's own error, not this
+                # one, is what the caller must see.
                 pass
