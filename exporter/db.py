@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 import asyncpg
-from sqlalchemy import event, exc
-from sqlalchemy.engine import make_url
+from sqlalchemy import Select, event, exc
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from exporter import metrics
@@ -82,6 +82,18 @@ def database_errors(what: str) -> Iterator[None]:
 
 def _reason(error: BaseException) -> str:
     return str(getattr(error, "orig", None) or error).splitlines()[0]
+
+
+def positional_sql(statement: Select[Any], dialect: Dialect) -> tuple[str, list[Any]]:
+    """`statement` as SQL text with $1, $2, ... and its arguments in order: for what SQLAlchemy does not run
+    itself (COPY, EXPLAIN, ADBC)."""
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    return compiled.string, [compiled.params[name] for name in compiled.positiontup or ()]
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """asyncpg's own connection under `conn`."""
+    return (await conn.get_raw_connection()).driver_connection
 
 
 @asynccontextmanager

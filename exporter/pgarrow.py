@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from exporter.datasets import Column
-from exporter.db import APPLICATION_NAME
+from exporter.db import APPLICATION_NAME, positional_sql
 from exporter.errors import DatabaseUnavailable, DatasetUnavailable
 from exporter.formats.arrow import arrow_column
 from exporter.queries import ExportQuery
@@ -140,14 +140,13 @@ async def iter_arrow(engine: AsyncEngine, query: ExportQuery, schema: pa.Schema)
     ahead, so a slow client holds the next read back. Closing this iterator, even while connecting or waiting
     for the first rows, cancels the query on the server, waits for the thread and closes the connection.
     Errors are ExportErrors (a 503 before the first byte)."""
-    compiled = arrow_statement(query).compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
-    args = [compiled.params[name] for name in compiled.positiontup or ()]
+    sql, args = positional_sql(arrow_statement(query), engine.dialect)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adbc")
     connecting = executor.submit(_Reader, _url(engine))
     try:
         with _adbc_errors():
             reader = await asyncio.wrap_future(connecting)
-            await asyncio.wrap_future(executor.submit(reader.start, compiled.string, args))
+            await asyncio.wrap_future(executor.submit(reader.start, sql, args))
             # Read one batch ahead: ADBC (in its thread, without the GIL) fetches the next batch while this one
             # is converted, encoded and sent, so the two use both cores instead of taking turns.
             reading = executor.submit(reader.next_batch)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exporter import metrics
 from exporter.capacity import ExportSlots
 from exporter.datasets import Dataset
-from exporter.db import database_errors, open_snapshot
+from exporter.db import database_errors, driver_connection, open_snapshot, positional_sql
 from exporter.pgcopy import copy_statement
 from exporter.pgparts import split_query
 from exporter.queries import ExportQuery
@@ -189,12 +189,9 @@ def _give_back(slots: ExportSlots | None, count: int) -> None:
 
 async def _copy(conn: AsyncConnection, part: ExportQuery, fmt: str, options: dict[str, Any], formula_guard: bool,
                 output: _Output, *, header: bool) -> None:
-    statement = copy_statement(part, fmt, formula_guard=formula_guard)
-    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    args = [compiled.params[name] for name in compiled.positiontup or ()]
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
+    sql, args = positional_sql(copy_statement(part, fmt, formula_guard=formula_guard), conn.dialect)
     if "header" in options:
         options = {**options, "header": options["header"] and header}
-    status = await driver.copy_from_query(compiled.string, *args, output=output.write, **options)
+    driver = await driver_connection(conn)
+    status = await driver.copy_from_query(sql, *args, output=output.write, **options)
     output.finish(int(status.split()[-1]))  # "COPY 1000000"

@@ -13,6 +13,7 @@ from sqlalchemy import BigInteger, Select, func, literal, text, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter.datasets import Dataset
+from exporter.db import driver_connection, positional_sql
 from exporter.queries import ExportQuery
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -94,11 +95,8 @@ async def _histogram(conn: AsyncConnection, dataset: Dataset) -> list[int]:
 
 
 async def _estimated_rows(conn: AsyncConnection, statement: Select[Any]) -> float:
-    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    args = [compiled.params[name] for name in compiled.positiontup or ()]
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    plan = await driver.fetchval("EXPLAIN (FORMAT JSON) " + compiled.string, *args)
+    sql, args = positional_sql(statement, conn.dialect)
+    plan = await (await driver_connection(conn)).fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
     if isinstance(plan, str):  # SQLAlchemy's engines decode json already
         plan = json.loads(plan)
     return float(plan[0]["Plan"]["Plan Rows"])

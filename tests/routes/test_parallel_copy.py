@@ -4,8 +4,9 @@ bytes; a failing or abandoned part ends them all; and the parts partition the ro
 from __future__ import annotations
 
 import gzip
-import hashlib
+import os
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from tests.routes.test_auth import bearer, create_key
 from tests.routes.test_copy import QUERIES, fill_all_types
 from tests.routes.test_export_failures import busy_backends, pool_idle
 from tests.routes.test_exports import export_log, wait_for
-from tests.routes.test_jobs import TERMINAL
+from tests.routes.test_jobs import TERMINAL, sha256
 from tests.servers import ChunkedReader, ServerThread
 
 Serve = Callable[[Settings], ServerThread]
@@ -65,10 +66,6 @@ KEY_QUERIES = [
 def parts_run() -> float:
     """How many COPY parts the fast path has run in this process (the exporter_copy_parts histogram's sum)."""
     return REGISTRY.get_sample_value("exporter_copy_parts_sum") or 0.0
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
@@ -233,6 +230,19 @@ def slowly(pg: Database) -> Database:
     return pg
 
 
+def spool_files() -> set[str]:
+    """The unnamed temporary files this process holds open (the test servers run in it): parallel COPY's spools."""
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed since the listing
+        if target.startswith(tempfile.gettempdir() + "/#") and target.endswith(" (deleted)"):
+            found.add(target)
+    return found
+
+
 def copy_backends(pg: Database) -> list[Any]:
     return pg.execute(
         "SELECT pid, state, query FROM pg_stat_activity WHERE application_name = 'exporter'"
@@ -242,6 +252,7 @@ def copy_backends(pg: Database) -> list[Any]:
 def test_a_backend_terminated_in_the_second_part_aborts_the_transfer(slowly: Database, serve: Serve,
                                                                       tmp_path: Path) -> None:
     server = serve(slowly.settings(datasets=DATASETS, copy_parallel=2, copy_parallel_min_rows=1))
+    spools = spool_files()
     output = tmp_path / "slowly.csv"
     curl = subprocess.Popen(["curl", "-sS", "-o", str(output), f"{server.url}/exports/slowly.csv"],
                             stderr=subprocess.PIPE)
@@ -253,16 +264,20 @@ def test_a_backend_terminated_in_the_second_part_aborts_the_transfer(slowly: Dat
     entry = wait_for(lambda: export_log(slowly, "slowly"))[0]
     assert (entry["outcome"], entry["path"]) == ("failed", "copy")
     wait_for(lambda: pool_idle(server) and not busy_backends(slowly))
+    assert spool_files() == spools  # the second part's temporary file is gone
 
 
 def test_a_client_that_leaves_cancels_every_part(slowly: Database, serve: Serve) -> None:
     slowly.execute("CREATE OR REPLACE VIEW slowly AS SELECT * FROM slowly_rows"
                    " WHERE id % 100 <> 0 OR pg_sleep(0.02)::text = ''")  # 2 s for each of 4 parts
     server = serve(slowly.settings(datasets=DATASETS, copy_parallel=4, copy_parallel_min_rows=1))
+    spools = spool_files()
     with ChunkedReader(server.url, "/exports/slowly.ndjson") as reader:
         assert reader.next_chunk()
         wait_for(lambda: len(copy_backends(slowly)) == 4)  # the others start once the first has rows
+        assert len(spool_files() - spools) == 3  # one for each part after the first
     wait_for(lambda: not busy_backends(slowly) and pool_idle(server), seconds=2)
+    wait_for(lambda: spool_files() == spools)
     entry = wait_for(lambda: export_log(slowly, "slowly"))[0]
     assert (entry["outcome"], entry["path"]) == ("aborted", "copy")
 
