@@ -130,7 +130,9 @@ def test_a_stalled_file_download_is_cut_off_and_its_file_closed(serve: Serve, tm
 
 def test_a_stalled_relay_is_cut_off_and_its_upstream_request_closed(serve: Serve, tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
-    big.write_bytes(bytes(range(256)) * (64 * 1024))
+    # 64 MiB: more than every buffer between the file and the stalled client can hold (the sockets' kernel buffers,
+    # a 2 MiB file chunk, a 256 KiB relay read), which together reached 16 MiB, so the relay has to stall.
+    big.write_bytes(bytes(range(256)) * (256 * 1024))
     # The upstream is another server's /files with the default send timeout: it keeps the file open for as long
     # as the relay keeps its request open, so the file's handle shows when the relay lets go.
     upstream = serve(Settings.from_dict({"files": {"roots": {"data": str(tmp_path)}}, "job_workers": 0,
