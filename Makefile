@@ -41,13 +41,13 @@ test: $(VENV)/.installed system-deps $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m tests.benchmarks
-	$(BIN)/python -m tests.bench_copy
-	$(BIN)/python -m tests.bench_files
-	$(BIN)/python -m tests.bench_proxy
-	$(BIN)/python -m tests.bench_formats
-	$(BIN)/python -m tests.bench_auth
-	$(BIN)/python -m tests.bench_jobs
+	$(BIN)/python -m tests.bench.exports
+	$(BIN)/python -m tests.bench.copy
+	$(BIN)/python -m tests.bench.files
+	$(BIN)/python -m tests.bench.proxy
+	$(BIN)/python -m tests.bench.formats
+	$(BIN)/python -m tests.bench.auth
+	$(BIN)/python -m tests.bench.jobs
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -13,19 +13,20 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import __version__
+from exporter.access.admission import Limits
+from exporter.access.authentication import RefuseTokensInUrls, load_link_secret, load_secret
+from exporter.access.capacity import ExportSlots, SendTimeout, export_slot_count
 from exporter.audit import record_refusal
-from exporter.auth import RefuseTokensInUrls, load_link_secret, load_secret
-from exporter.capacity import ExportSlots, SendTimeout, export_slot_count
 from exporter.config import Settings
-from exporter.datasets import Catalog
-from exporter.db import create_db_engine
 from exporter.errors import install_error_handlers
-from exporter.limits import Limits
+from exporter.jobs.worker import run_jobs
 from exporter.logs import RequestIds
 from exporter.openapi import document
-from exporter.relay import create_upstreams
-from exporter.routes import datasets, exports, files, health, jobs, metrics, pages, proxy
-from exporter.workers import run_jobs
+from exporter.routes import datasets, exports, files, health, jobs, metrics, proxy
+from exporter.serving.relay import create_upstreams
+from exporter.sources.datasets import Catalog
+from exporter.sources.engines import create_db_engine
+from exporter.web import pages
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.errors import ExportError
-from exporter.exports import ExportRecord, grouped, write_log
+from exporter.export.pipeline import ExportRecord, grouped, write_log
 from exporter.models import ExportLogEntry
 
 # the first path segment → the kind of download it asks for

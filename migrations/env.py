@@ -9,8 +9,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from exporter.config import Settings
-from exporter.db import create_db_engine
 from exporter.models import Base
+from exporter.sources.engines import create_db_engine
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -21,10 +21,10 @@ from sqlalchemy.engine import Row, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.app import create_app
-from exporter.cli import migrate
+from exporter.cli.demo import seed_demo
+from exporter.cli.main import migrate
 from exporter.config import Settings
-from exporter.db import create_db_engine
-from exporter.demo import seed_demo
+from exporter.sources.engines import create_db_engine
 from tests.servers import ServerThread
 
 LOCAL_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -69,7 +69,7 @@ class Database:
         default = Settings.from_environ({})
         data: dict[str, Any] = {
             "database_url": self.url,
-            "auth": "off",  # the export, file and proxy tests are about those; tests/routes/test_auth.py turns it on
+            "auth": "off",  # the export, file and proxy tests are about those; tests/access/test_auth.py turns it on
             "datasets": {
                 name: {k: v for k, v in vars(config).items() if k != "name" and v is not None}
                 for name, config in default.datasets.items()

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from exporter.app import create_app
-from exporter.cli import migrate
+from exporter.cli.main import migrate
 from exporter.config import Settings
 from tests.servers import ServerThread
 

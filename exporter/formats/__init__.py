@@ -10,13 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from exporter.datasets import Column
 from exporter.errors import UnknownFormat
 from exporter.formats.arrow import ArrowOptions, ArrowStreamSerializer
 from exporter.formats.csv import BOM, CsvOptions, CsvSerializer, csv_options, reject_csv_options
 from exporter.formats.ndjson import NdjsonOptions, NdjsonSerializer
 from exporter.formats.parquet import ParquetOptions, ParquetSerializer
 from exporter.formats.xlsx import MAX_DATA_ROWS, XlsxOptions, XlsxSerializer
+from exporter.sources.datasets import Column
 
 __all__ = [
     "BOM",

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exporter.datasets import Column
 from exporter.formats.values import ColumnConvert, normalizer, sqlite_timestamp, text_column
+from exporter.sources.datasets import Column
 
 MAX_DECIMAL128_DIGITS = 38  # wider numerics are strings: DuckDB and pandas read no decimal256 as decimals
 _PG_INT32 = frozenset({"integer", "smallint", "int4", "int2"})

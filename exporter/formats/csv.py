@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from exporter.datasets import Column
 from exporter.errors import InvalidParameter
+from exporter.export.queries import CSV_PARAMETERS
 from exporter.formats.values import ColumnConvert, converted, each, kind_of, text_column
-from exporter.queries import CSV_PARAMETERS
+from exporter.sources.datasets import Column
 
 _NEVER = object()  # equal to no value
 BOM = "\ufeff".encode()

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from exporter.datasets import Column
 from exporter.formats.values import converted, json_column
+from exporter.sources.datasets import Column
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from exporter.datasets import Column
 from exporter.formats.arrow import ChunkSink, RecordBatches
+from exporter.sources.datasets import Column
 
 DEFAULT_ROW_GROUP_ROWS = 131_072
 

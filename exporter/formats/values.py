@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from exporter.datasets import Column
+from exporter.sources.datasets import Column
 
 Convert = Callable[[Any], Any]
 INFINITY = float("inf")

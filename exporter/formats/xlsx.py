@@ -17,9 +17,9 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from exporter.datasets import Column
 from exporter.formats.arrow import ChunkSink
 from exporter.formats.values import any_text, float_text, normalizer, sqlite_timestamp, text_column, timestamp_text
+from exporter.sources.datasets import Column
 
 MAX_SHEET_ROWS = 1_048_576  # Excel's limit per sheet, the header row included
 MAX_DATA_ROWS = MAX_SHEET_ROWS - 1

@@ -7,12 +7,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from exporter.auth import CallerDep, require
-from exporter.deps import CatalogDep
-from exporter.exports import prepare_export
+from exporter.access.authentication import CallerDep, require
+from exporter.export.cursor import estimate_rows
+from exporter.export.pipeline import prepare_export
 from exporter.formats import FORMATS
-from exporter.routes import pages
-from exporter.rows import estimate_rows
+from exporter.services import CatalogDep
+from exporter.web import pages
 
 router = APIRouter(tags=["datasets"])
 

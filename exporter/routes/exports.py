@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from exporter.auth import CallerDep, require
-from exporter.compression import choose_encoding
-from exporter.deps import CatalogDep, EngineDep, LimitsDep, SettingsDep
-from exporter.exports import ExportRecord, grouped, iter_export, open_chunks, prepare_export
+from exporter.access.authentication import CallerDep, require
+from exporter.export.compression import choose_encoding
+from exporter.export.pipeline import ExportRecord, grouped, iter_export, open_chunks, prepare_export
 from exporter.formats import split_filename
-from exporter.responses import download_headers, head_response, stream_response
 from exporter.routes.jobs import prefers_async, submit_job
+from exporter.services import CatalogDep, EngineDep, LimitsDep, SettingsDep
+from exporter.serving.responses import download_headers, head_response, stream_response
 
 router = APIRouter(tags=["exports"])
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from exporter.auth import CallerDep, require
-from exporter.deps import EngineDep, LimitsDep, SettingsDep
-from exporter.exports import ExportRecord, iter_recorded
-from exporter.files import list_directory, resolve
-from exporter.limits import released_on_error
-from exporter.responses import file_response
-from exporter.routes import pages
+from exporter.access.admission import released_on_error
+from exporter.access.authentication import CallerDep, require
+from exporter.export.pipeline import ExportRecord, iter_recorded
+from exporter.services import EngineDep, LimitsDep, SettingsDep
+from exporter.serving.files import list_directory, resolve
+from exporter.serving.responses import file_response
+from exporter.web import pages
 
 router = APIRouter(tags=["files"])
 

@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from exporter.auth import CallerDep, authenticate, check_link, require
+from exporter.access.admission import Limits, released_on_error
+from exporter.access.authentication import CallerDep, authenticate, check_link, require
+from exporter.access.keys import ANONYMOUS, Caller, caller_of
 from exporter.config import FileRootConfig
-from exporter.deps import CatalogDep, EngineDep, JobsDep, LimitsDep, SettingsDep
 from exporter.errors import InvalidParameter, JobExpired, RevokedToken
-from exporter.exports import (
+from exporter.export.pipeline import (
     EXPORT_FORMATS,
     Export,
     ExportRecord,
@@ -28,13 +29,12 @@ from exporter.exports import (
     prepare_export,
     write_log,
 )
-from exporter.files import Target
-from exporter.jobs import TERMINAL, JobRequest, Jobs, filename
-from exporter.keys import ANONYMOUS, Caller, caller_of
-from exporter.limits import Limits, released_on_error
+from exporter.jobs.queue import TERMINAL, JobRequest, Jobs, filename
 from exporter.models import Job
-from exporter.responses import file_response
-from exporter.routes import pages
+from exporter.services import CatalogDep, EngineDep, JobsDep, LimitsDep, SettingsDep
+from exporter.serving.files import Target
+from exporter.serving.responses import file_response
+from exporter.web import pages
 
 router = APIRouter(tags=["jobs"])
 

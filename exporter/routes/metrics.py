@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from exporter.auth import CallerDep
+from exporter.access.authentication import CallerDep
 from exporter.errors import Forbidden
 from exporter.metrics import render
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from exporter.auth import CallerDep, require
-from exporter.deps import EngineDep, LimitsDep, UpstreamsDep
-from exporter.exports import ExportRecord, iter_recorded
-from exporter.limits import released_on_error
-from exporter.relay import find_upstream, iter_upstream, open_upstream
-from exporter.responses import head_response, stream_response
+from exporter.access.admission import released_on_error
+from exporter.access.authentication import CallerDep, require
+from exporter.export.pipeline import ExportRecord, iter_recorded
+from exporter.services import EngineDep, LimitsDep, UpstreamsDep
+from exporter.serving.relay import find_upstream, iter_upstream, open_upstream
+from exporter.serving.responses import head_response, stream_response
 
 router = APIRouter(tags=["proxy"])
 

@@ -1,0 +1,1 @@
+"""The `exporter` console script and its commands."""

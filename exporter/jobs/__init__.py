@@ -1,0 +1,1 @@
+"""Export jobs: the queue and its leases, events, wake-ups, the worker, and result files."""

@@ -1,0 +1,454 @@
+"""The job queue in the service's own database: submit, read, cancel and expire jobs; claim one with a lease,
+renew it with progress, finish it. Every change of a job stores its events in the same transaction, numbered
+by the job's row, and wakes whoever waits for them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from sqlalchemy import exc, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from exporter.access.authentication import link_query
+from exporter.access.keys import NO_RESTRICTION, Restriction
+from exporter.config import Settings
+from exporter.errors import (
+    IdempotencyConflict,
+    JobCancelled,
+    JobExpired,
+    JobFailed,
+    JobNotFinished,
+    TooManyJobs,
+    UnknownJob,
+)
+from exporter.jobs import wakeups
+from exporter.metrics import QUEUE_WAIT
+from exporter.models import Job, JobEvent
+
+MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
+TERMINAL = ("succeeded", "failed", "cancelled", "expired")
+RETRY_AFTER_SECONDS = 2
+_COLUMNS = tuple(Job.__table__.columns)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    dataset: str
+    format: str
+    params: Mapping[str, str]
+    owner_key: str | None = None  # the key submitting it (None with auth off)
+    restriction: Restriction = NO_RESTRICTION  # that key's on the dataset, applied when the job runs
+
+    def digest(self) -> str:
+        canonical = {"dataset": self.dataset, "format": self.format, "params": dict(self.params)}
+        return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished result file: its final path, size, sha256 (hex) and rows."""
+
+    path: Path
+    size: int
+    sha256: str
+    rows: int
+
+
+def filename(job: Job) -> str:
+    return f"{job.dataset}.{job.format}"
+
+
+def job_json(job: Job, media_type: str, link_query: str | None = None) -> dict[str, Any]:
+    """The job as the API shows it; `media_type` is its format's Content-Type; `link_query` signs the result's
+    URL so it works without a header."""
+    return {
+        "id": job.id,
+        "dataset": job.dataset,
+        "format": job.format,
+        "params": job.params,
+        "state": job.state,
+        "rows": job.rows,
+        "bytes": job.bytes,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "expires_at": _iso(job.expires_at),
+        "attempt": job.attempt,
+        "error": {"code": job.error_code, "message": job.error_message} if job.state == "failed" else None,
+        "result": {
+            "url": f"/jobs/{job.id}/result" + (f"?{link_query}" if link_query else ""),
+            "size": job.result_size,
+            "sha256": job.result_sha256,
+            "rows": job.result_rows,
+            "content_type": media_type,
+            "filename": filename(job),
+        } if job.state == "succeeded" else None,
+        "events_url": f"/jobs/{job.id}/events",
+    }
+
+
+def progress_json(rows: int, size: int, elapsed_seconds: float, position: int | None = None) -> dict[str, Any]:
+    progress: dict[str, Any] = {
+        "rows": rows,
+        "bytes": size,
+        "rows_per_second": round(rows / elapsed_seconds, 1) if elapsed_seconds > 0 else 0.0,
+        "elapsed_seconds": round(elapsed_seconds, 3),
+    }
+    if position is not None:
+        progress["position"] = position
+    return progress
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class Jobs:
+    """The jobs table and its events. `media_type(format)` names a format's Content-Type for the job JSON."""
+
+    def __init__(self, engine: AsyncEngine, notifier: wakeups.Notifier, settings: Settings,
+                 media_type: Callable[[str], str]) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self._settings = settings
+        self._media_type = media_type
+        self.link_secret: bytes | None = None  # set at startup when auth is on: result URLs are then signed
+
+    def json(self, job: Job) -> dict[str, Any]:
+        link = None
+        if self.link_secret is not None and job.state == "succeeded":
+            link = link_query(self.link_secret, job.id, self._settings.link_ttl_seconds)
+        return job_json(job, self._media_type(job.format), link)
+
+    # --- the API's side -------------------------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
+        """The new queued job and True; or, for an Idempotency-Key seen before with the same request, that job
+        and False. Raises IdempotencyConflict (same key, other request) and TooManyJobs (queue full)."""
+        digest = request.digest()
+        if idempotency_key is not None:
+            idempotency_key = f"{request.owner_key or ''}/{idempotency_key}"  # each key has its own
+        if idempotency_key is not None and (seen := await self._by_key(idempotency_key, digest)) is not None:
+            return seen, False
+        try:
+            return await self._insert(request, digest, idempotency_key), True
+        except exc.IntegrityError:
+            if idempotency_key is None:
+                raise
+            seen = await self._by_key(idempotency_key, digest)  # a concurrent retry took the key first
+            assert seen is not None
+            return seen, False
+
+    async def _by_key(self, idempotency_key: str, digest: str) -> Job | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(*_COLUMNS).where(Job.idempotency_key == idempotency_key))).one_or_none()
+        if row is None:
+            return None
+        if row.request_digest != digest:
+            raise IdempotencyConflict("this Idempotency-Key was used for a different request",
+                                      parameter="Idempotency-Key")
+        return Job(**row._mapping)
+
+    async def _insert(self, request: JobRequest, digest: str, idempotency_key: str | None) -> Job:
+        async with self.engine.begin() as conn:
+            queued = await conn.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0
+            if queued >= self._settings.job_max_queued:
+                raise TooManyJobs(f"{queued} jobs are queued, the most there may be; try again later",
+                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS * 5)})
+            job = Job(id=secrets.token_urlsafe(16), dataset=request.dataset, format=request.format,
+                      params=dict(request.params), state="queued", rows=0, bytes=0, created_at=now(), attempt=0,
+                      idempotency_key=idempotency_key, request_digest=digest, last_event_id=2,
+                      owner_key=request.owner_key, restriction=request.restriction.as_json())
+            await conn.execute(insert(Job).values({c.key: getattr(job, c.key) for c in _COLUMNS}))
+            await _store_events(conn, job, [("state", None), ("progress", progress_json(0, 0, 0.0, queued + 1))],
+                                self.json(job))
+            await wakeups.announce(conn, wakeups.QUEUE)
+        self.notifier.wake(wakeups.QUEUE)
+        return job
+
+    async def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job; with an `owner`, only if that key submitted it: another's job is UnknownJob as well, so ids
+        cannot be probed."""
+        query = select(*_COLUMNS).where(Job.id == job_id)
+        if owner is not None:
+            query = query.where(Job.owner_key == owner)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        return Job(**row._mapping)
+
+    async def newest(self, state: str | None, limit: int, owner: str | None = None) -> list[Job]:
+        """Newest first; with an `owner`, that key's only."""
+        query = select(*_COLUMNS).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(Job.state == state)
+        if owner is not None:
+            query = query.where(Job.owner_key == owner)
+        async with self.engine.connect() as conn:
+            return [Job(**row._mapping) for row in await conn.execute(query)]
+
+    async def events_after(self, job_id: str, after: int) -> Sequence[Any]:
+        """Stored events with id > after, in order: rows of (id, type, data)."""
+        query = (select(JobEvent.id, JobEvent.type, JobEvent.data)
+                 .where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id))
+        async with self.engine.connect() as conn:
+            return list(await conn.execute(query))
+
+    async def iter_events(self, job: Job, after: int | None, stopping: Callable[[], bool] = lambda: False
+                          ) -> AsyncIterator[tuple[int, str, str]]:
+        """The job's event stream as (id, type, JSON text), ids strictly increasing: first a `state` snapshot of
+        the job as read, then every stored event after `after` (or, without it, only those to come; for a
+        finished job its terminal event), live as they are stored, until a terminal event has been sent, or
+        until `stopping()` (checked at least each poll) says the server is shutting down."""
+        if after is None:
+            after = job.last_event_id - 1 if job.state in TERMINAL else job.last_event_id
+        cursor = min(after, job.last_event_id)
+        yield cursor, "state", orjson.dumps(self.json(job)).decode()
+        while True:
+            with self.notifier.watch(job.id) as woken:
+                batch = await self.events_after(job.id, cursor)
+                for event_id, kind, data in batch:
+                    yield event_id, kind, data
+                    cursor = event_id
+                if (batch and batch[-1].type in TERMINAL) or stopping():
+                    return
+                if not batch:
+                    await wakeups.wait(woken)
+
+    async def unfinished(self, owner: str) -> int:
+        """How many of this key's jobs are queued or running."""
+        async with self.engine.connect() as conn:
+            return await conn.scalar(select(func.count()).select_from(Job).where(
+                Job.owner_key == owner, Job.state.in_(("queued", "running")))) or 0
+
+    async def delete(self, job_id: str, owner: str | None = None) -> Job:
+        """DELETE /jobs/{id}: a queued or running job is cancelled (its worker stops within a progress interval);
+        a succeeded one has its file deleted and expires; any other is left as it is."""
+        await self.get(job_id, owner)
+        stamp = now()
+        job = await self._change(job_id, [Job.state.in_(("queued", "running"))],
+                                 {"state": "cancelled", "finished_at": stamp, "lease_owner": None,
+                                  "lease_expires_at": None}, ["state", "cancelled"])
+        if job is not None:
+            await self.announce_positions()
+            return job
+        job = await self.expire(job_id, stamp)
+        return job if job is not None else await self.get(job_id)
+
+    async def expire(self, job_id: str, stamp: datetime) -> Job | None:
+        """Mark a succeeded job expired, then delete its file; None if it was not succeeded."""
+        job = await self._change(job_id, [Job.state == "succeeded"], {"state": "expired", "expires_at": stamp},
+                                 ["state", "expired"])
+        if job is not None:
+            await anyio.Path(self.result_path(job)).unlink(missing_ok=True)  # ~60 ms for 90 MB: not on the loop
+        return job
+
+    def result_path(self, job: Job) -> Path:
+        return self._settings.jobs_dir / f"{job.id}.{job.format}"
+
+    def finished_result(self, job: Job) -> Path:
+        """The result file of a succeeded job that has not expired; else the error that says why not."""
+        if job.state in ("queued", "running"):
+            raise JobNotFinished(f"job {job.id} is {job.state}; its result is not ready",
+                                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if job.state == "failed":
+            raise JobFailed(f"job {job.id} failed: {job.error_message}")
+        if job.state == "cancelled":
+            raise JobCancelled(f"job {job.id} was cancelled")
+        if job.state == "expired" or (job.expires_at is not None and job.expires_at <= now()):
+            raise JobExpired(f"the result of job {job.id} has expired")
+        return self.result_path(job)
+
+    # --- the workers' side ----------------------------------------------------------------------------------
+
+    async def claim(self, owner: str) -> Job | None:
+        """Take the oldest queued job, atomically (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite runs one writer
+        at a time), with a lease for `owner`; its attempt grows by one."""
+        stamp = now()
+        oldest = (select(Job.id).where(Job.state == "queued").order_by(Job.created_at, Job.id).limit(1)
+                  .with_for_update(skip_locked=True).scalar_subquery())
+        job = await self._change(oldest, [Job.state == "queued"],
+                                 {"state": "running", "started_at": stamp, "attempt": Job.attempt + 1,
+                                  "rows": 0, "bytes": 0, "lease_owner": owner, "lease_expires_at": self._lease(stamp)},
+                                 ["state"])
+        if job is not None:
+            QUEUE_WAIT.observe((stamp - job.created_at).total_seconds())
+            await self.announce_positions()
+        return job
+
+    async def heartbeat(self, job: Job, owner: str, rows: int, size: int, progress: dict[str, Any] | None) -> bool:
+        """Renew the lease and record the counts, with a progress event if given. False when the job is no longer
+        this owner's to run (cancelled, or its lease expired and it was handed to another)."""
+        changed = await self._change(job.id, self._owned(owner),
+                                     {"rows": rows, "bytes": size, "lease_expires_at": self._lease(now())},
+                                     [] if progress is None else [("progress", progress)])
+        return changed is not None
+
+    async def succeed(self, job: Job, owner: str, result: Result) -> bool:
+        stamp = now()
+        changed = await self._change(
+            job.id, self._owned(owner),
+            {"state": "succeeded", "finished_at": stamp, "rows": result.rows, "bytes": result.size,
+             "expires_at": stamp + timedelta(hours=self._settings.job_ttl_hours), "result_size": result.size,
+             "result_sha256": result.sha256, "result_rows": result.rows, "lease_owner": None,
+             "lease_expires_at": None},
+            ["state", "succeeded"])
+        return changed is not None
+
+    async def fail(self, job: Job, owner: str | None, code: str, message: str) -> None:
+        """Fail a job this owner runs (or, with owner None, a running job whose lease expired)."""
+        condition = self._owned(owner) if owner is not None else [Job.state == "running"]
+        await self._change(job.id, condition,
+                           {"state": "failed", "finished_at": now(), "error_code": code, "error_message": message,
+                            "lease_owner": None, "lease_expires_at": None},
+                           ["state", "failed"])
+
+    async def hand_back(self, job: Job, owner: str) -> None:
+        """Put a job this owner runs back in the queue at once (shutdown); the attempt does not count."""
+        changed = await self._change(job.id, self._owned(owner),
+                                     {"state": "queued", "started_at": None, "attempt": Job.attempt - 1, "rows": 0,
+                                      "bytes": 0, "lease_owner": None, "lease_expires_at": None},
+                                     ["state"])
+        if changed is not None:
+            await self.announce_positions()
+            await self._announce_queued()
+
+    async def requeue_lost(self) -> int:
+        """Running jobs whose lease expired (their process died) go back to the queue, or fail after
+        MAX_ATTEMPTS. Returns how many were found."""
+        stamp = now()
+        async with self.engine.connect() as conn:
+            lost = [Job(**row._mapping) for row in await conn.execute(
+                select(*_COLUMNS).where(Job.state == "running", Job.lease_expires_at < stamp))]
+        expired = [Job.state == "running", Job.lease_expires_at < stamp]
+        for job in lost:
+            if job.attempt >= MAX_ATTEMPTS:
+                await self._change(job.id, expired,
+                                   {"state": "failed", "finished_at": stamp, "error_code": "worker_lost",
+                                    "error_message": f"the worker running this job stopped {job.attempt} times",
+                                    "lease_owner": None, "lease_expires_at": None},
+                                   ["state", "failed"])
+            else:
+                await self._change(job.id, expired,
+                                   {"state": "queued", "started_at": None, "rows": 0, "bytes": 0,
+                                    "lease_owner": None, "lease_expires_at": None}, ["state"])
+        if lost:
+            await self.announce_positions()
+            await self._announce_queued()
+        return len(lost)
+
+    async def expire_due(self) -> int:
+        """Expire succeeded jobs whose time to live has passed, deleting their files."""
+        stamp = now()
+        async with self.engine.connect() as conn:
+            due = list(await conn.scalars(select(Job.id).where(Job.state == "succeeded", Job.expires_at <= stamp)))
+        return sum([await self.expire(job_id, stamp) is not None for job_id in due])
+
+    async def fail_unauthorised(self, unusable: Collection[str]) -> None:
+        """Fail the queued and running jobs of these keys (revoked or expired): a running one stops at its next
+        progress write."""
+        async with self.engine.connect() as conn:
+            ids = list(await conn.scalars(select(Job.id).where(Job.owner_key.in_(list(unusable)),
+                                                               Job.state.in_(("queued", "running")))))
+        for job_id in ids:
+            await self._change(job_id, [Job.state.in_(("queued", "running"))],
+                               {"state": "failed", "finished_at": now(), "error_code": "revoked_token",
+                                "error_message": "the key that submitted this job was revoked or expired",
+                                "lease_owner": None, "lease_expires_at": None}, ["state", "failed"])
+
+    async def owners(self) -> list[str]:
+        """The keys that own queued or running jobs."""
+        async with self.engine.connect() as conn:
+            return list(await conn.scalars(select(Job.owner_key).distinct().where(
+                Job.owner_key.is_not(None), Job.state.in_(("queued", "running")))))
+
+    async def running_attempts(self, job_ids: Sequence[str]) -> set[tuple[str, int]]:
+        """(id, attempt) of those jobs that are running now."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(Job.id, Job.attempt).where(Job.id.in_(job_ids), Job.state == "running"))
+            return {(row.id, row.attempt) for row in rows}
+
+    async def announce_positions(self) -> None:
+        """A progress event with its new queue position for every queued job. Rows another transaction holds are
+        skipped (their position shows a little later), so this never waits for a lock."""
+        async with self.engine.begin() as conn:
+            order = list(await conn.scalars(
+                select(Job.id).where(Job.state == "queued").order_by(Job.created_at, Job.id)))
+            if not order:
+                return
+            free = select(Job.id).where(Job.state == "queued").with_for_update(skip_locked=True)
+            updated = await conn.execute(update(Job).where(Job.id.in_(free))
+                                         .values(last_event_id=Job.last_event_id + 1)
+                                         .returning(Job.id, Job.last_event_id))
+            position = {job_id: index + 1 for index, job_id in enumerate(order)}
+            stamp = now()
+            rows = [{"job_id": row.id, "id": row.last_event_id, "type": "progress", "created_at": stamp,
+                     "data": orjson.dumps(progress_json(0, 0, 0.0, position.get(row.id))).decode()}
+                    for row in updated]
+            if rows:
+                await conn.execute(insert(JobEvent), rows)
+                for row in rows:
+                    await wakeups.announce(conn, row["job_id"])
+        for row in rows:
+            self.notifier.wake(row["job_id"])
+
+    async def _announce_queued(self) -> None:
+        """Wake the idle workers of every replica, not only this one's: a job went back to the queue. After a
+        hand-back this process's own workers are stopping, so only another replica can take the job."""
+        async with self.engine.begin() as conn:
+            await wakeups.announce(conn, wakeups.QUEUE)
+        self.notifier.wake(wakeups.QUEUE)
+
+    def _owned(self, owner: str) -> list[ColumnElement[bool]]:
+        return [Job.state == "running", Job.lease_owner == owner]
+
+    def _lease(self, stamp: datetime) -> datetime:
+        return stamp + timedelta(seconds=self._settings.job_lease_seconds)
+
+    async def _change(self, job_id: Any, conditions: list[ColumnElement[bool]], values: dict[str, Any],
+                      kinds: Sequence[str | tuple[str, dict[str, Any]]]) -> Job | None:
+        """Update one job where `conditions` hold and store one event per entry of `kinds` (a type, whose data
+        is the job as changed, or a (type, data) pair); None if no job matched."""
+        async with self.engine.begin() as conn:
+            statement = (update(Job).where(Job.id == job_id, *conditions)
+                         .values(**values, last_event_id=Job.last_event_id + len(kinds)).returning(*_COLUMNS))
+            row = (await conn.execute(statement)).one_or_none()
+            if row is None:
+                return None
+            job = Job(**row._mapping)
+            typed: list[tuple[str, dict[str, Any] | None]] = [
+                (kind, None) if isinstance(kind, str) else kind for kind in kinds]
+            await _store_events(conn, job, typed, self.json(job))
+            if typed:
+                await wakeups.announce(conn, job.id)
+        if typed:
+            self.notifier.wake(job.id)
+        return job
+
+
+async def _store_events(conn: AsyncConnection, job: Job, typed: list[tuple[str, dict[str, Any] | None]],
+                        snapshot: dict[str, Any]) -> None:
+    """Insert events numbered up to job.last_event_id; those without data carry the job's snapshot."""
+    if not typed:
+        return
+    first = job.last_event_id - len(typed) + 1
+    stamp = now()
+    await conn.execute(insert(JobEvent), [
+        {"job_id": job.id, "id": first + index, "type": kind, "created_at": stamp,
+         "data": orjson.dumps(snapshot if data is None else data).decode()}
+        for index, (kind, data) in enumerate(typed)
+    ])

@@ -1,0 +1,197 @@
+"""Job workers: claim a queued job, run the export pipeline into its result file while the lease is renewed and
+progress reported, then finish it. Also each process's janitor (jobs of dead workers, expired results, partial
+files) and its LISTEN connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter.access.keys import Keys, Restriction
+from exporter.config import Settings
+from exporter.errors import ExportError
+from exporter.export.pipeline import ExportRecord, export_media_type, iter_export, open_chunks, prepare_export
+from exporter.jobs import wakeups
+from exporter.jobs.queue import Jobs, Result, filename, now, progress_json
+from exporter.jobs.results import write_result
+from exporter.models import Job
+from exporter.sources.datasets import Catalog
+from exporter.sources.engines import create_db_engine
+
+log = logging.getLogger(__name__)
+
+JANITOR_SECONDS = 2.0  # also how soon the jobs of a revoked key stop
+MAX_SILENCE_SECONDS = 2.0  # a running job reports progress at least this often, even when no row arrived
+RETRY_SECONDS = 2.0  # after a database error in a worker's own bookkeeping
+
+
+@asynccontextmanager
+async def run_jobs(settings: Settings, catalog: Catalog, log_engine: AsyncEngine) -> AsyncIterator[Runner]:
+    """EXPORTER_JOB_WORKERS workers, the janitor and the listener, running until the block ends; then every job
+    they run is handed back to the queue. The jobs' bookkeeping has its own small pool, so busy exports never
+    delay it; its sessions are named exporter-jobs in pg_stat_activity."""
+    engine = create_db_engine(settings.database_url, application_name="exporter-jobs")
+    runner = Runner(settings, Jobs(engine, wakeups.Notifier(), settings, export_media_type), Keys(engine), catalog,
+                    log_engine)
+    runner.start(settings.job_workers)
+    try:
+        yield runner
+    finally:
+        try:
+            await runner.stop()
+        finally:
+            await engine.dispose()
+
+
+class Runner:
+    """`workers` job workers, a janitor and (on PostgreSQL) the notification listener, as asyncio tasks of this
+    process. stop() hands every running job back to the queue."""
+
+    def __init__(self, settings: Settings, jobs: Jobs, keys: Keys, catalog: Catalog, log_engine: AsyncEngine
+                 ) -> None:
+        self._settings = settings
+        self.jobs = jobs
+        self.keys = keys
+        self._catalog = catalog
+        self._log_engine = log_engine
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, workers: int) -> None:
+        self._settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._tasks = [asyncio.create_task(self._work(f"{prefix}:{number}")) for number in range(workers)]
+        self._tasks.append(asyncio.create_task(self._janitor()))
+        if self.jobs.engine.dialect.name == "postgresql":
+            url = self.jobs.engine.url.render_as_string(hide_password=False)
+            self._tasks.append(asyncio.create_task(self.jobs.notifier.listen(url)))
+
+    def stop_soon(self) -> None:
+        """Start stopping (SIGTERM): each worker hands its job back as it stops."""
+        for task in self._tasks:
+            task.cancel()
+
+    async def stop(self) -> None:
+        """Stop every task; running jobs are handed back before this returns. Safe to call again."""
+        self.stop_soon()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _work(self, owner: str) -> None:
+        while True:
+            with self.jobs.notifier.watch(wakeups.QUEUE) as woken:
+                try:
+                    job = await self.jobs.claim(owner)
+                except Exception:
+                    log.exception("job worker: claiming a job failed; trying again")
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                if job is None:
+                    await wakeups.wait(woken)
+                    continue
+            await self._run(job, owner)
+
+    async def _run(self, job: Job, owner: str) -> None:
+        """Run one claimed job to its end: succeeded, failed, or stopped because it was cancelled or its lease was
+        lost. Cancelling this (shutdown) stops the export, removes its partial file and hands the job back."""
+        record = ExportRecord(job.dataset, job.format, {name: [value] for name, value in job.params.items()}, None,
+                              kind="job_run", resource=job.id)
+        export = asyncio.create_task(self._export(job, record))
+        try:
+            if not await self._watch(job, owner, record, export):
+                return
+        except asyncio.CancelledError:
+            await _stopped(export)
+            with contextlib.suppress(Exception):
+                await self.jobs.hand_back(job, owner)
+            raise
+        try:
+            size, sha256 = export.result()
+        except ExportError as error:
+            log.warning("job %s failed: %s: %s", job.id, error.code(), error.message)
+            await self.jobs.fail(job, owner, error.code(), error.message)
+            return
+        except Exception:
+            log.exception("job %s failed", job.id)
+            await self.jobs.fail(job, owner, "internal_error", "the export failed unexpectedly; see the server log")
+            return
+        result = Result(self.jobs.result_path(job), size, sha256, record.rows)
+        if not await self.jobs.succeed(job, owner, result) and (await self.jobs.get(job.id)).state != "succeeded":
+            await anyio.Path(result.path).unlink(missing_ok=True)  # cancelled at the last moment
+
+    async def _watch(self, job: Job, owner: str, record: ExportRecord, export: asyncio.Task[tuple[int, str]]
+                     ) -> bool:
+        """Renew the lease and report progress until the export ends (True), or stop it when the job is no longer
+        ours: cancelled by DELETE, or handed to another worker after our lease expired (False)."""
+        started = last_sent = time.monotonic()
+        last_rows = -1
+        while not export.done():
+            await asyncio.wait({export}, timeout=self._settings.job_progress_seconds)
+            if export.done():
+                break
+            now = time.monotonic()
+            due = record.rows != last_rows or now - last_sent >= MAX_SILENCE_SECONDS
+            progress = progress_json(record.rows, record.bytes, now - started) if due else None
+            try:
+                ours = await self.jobs.heartbeat(job, owner, record.rows, record.bytes, progress)
+            except Exception:
+                log.exception("job %s: renewing its lease failed", job.id)
+                continue
+            if not ours:
+                await _stopped(export)
+                return False
+            if due:
+                last_sent, last_rows = now, record.rows
+        return True
+
+    async def _export(self, job: Job, record: ExportRecord) -> tuple[int, str]:
+        export = await prepare_export(self._catalog, filename(job), list(job.params.items()),
+                                      Restriction.from_json(job.restriction), self._settings)
+        chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
+                             wait_for_slot=True)
+        body = iter_export(chunks, compression=export.compression, record=record, log_engine=self._log_engine,
+                           max_rows=export.max_rows)
+        return await write_result(body, self._part(job.id, job.attempt), self.jobs.result_path(job))
+
+    def _part(self, job_id: str, attempt: int) -> Path:
+        return self._settings.jobs_dir / f"{job_id}.{attempt}.part"
+
+    async def _janitor(self) -> None:
+        while True:
+            try:
+                await self.jobs.requeue_lost()
+                await self.jobs.fail_unauthorised(await self.keys.unusable(await self.jobs.owners(), now()))
+                await self.jobs.expire_due()
+                await self._sweep_parts()
+            except Exception:
+                log.exception("job janitor: a round failed")
+            await asyncio.sleep(JANITOR_SECONDS)
+
+    async def _sweep_parts(self) -> None:
+        """Remove partial files that no running attempt writes any more (left by a process that died)."""
+        parts: dict[tuple[str, int], anyio.Path] = {}
+        async for path in anyio.Path(self._settings.jobs_dir).glob("*.part"):
+            job_id, _, attempt = path.name.removesuffix(".part").rpartition(".")
+            if attempt.isdigit():
+                parts[(job_id, int(attempt))] = path
+        if not parts:
+            return
+        running = await self.jobs.running_attempts([job_id for job_id, _ in parts])
+        for key, path in parts.items():
+            if key not in running:
+                await path.unlink(missing_ok=True)
+
+
+async def _stopped(export: asyncio.Task[tuple[int, str]]) -> None:
+    """Cancel the export and wait until its query is cancelled and its partial file removed."""
+    export.cancel()
+    await asyncio.gather(export, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Sending bytes: files, file chunks, ranges, streamed responses, and the relay."""

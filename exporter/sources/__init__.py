@@ -1,0 +1,1 @@
+"""The databases exports read from: engines, snapshots, and the catalog of datasets."""

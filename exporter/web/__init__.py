@@ -1,0 +1,1 @@
+"""The web pages for analysts: page routes, templates and static files."""
