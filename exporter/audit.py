@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.errors import ExportError
-from exporter.export.pipeline import ExportRecord, grouped, write_log
+from exporter.exportlog import ExportRecord, grouped, write_log
 from exporter.models import ExportLogEntry
 
 # the first path segment → the kind of download it asks for
@@ -21,11 +21,10 @@ COLUMNS = ("started_at", "key_name", "client_address", "kind", "dataset", "forma
            "outcome", "rows", "bytes", "duration_seconds", "request_id", "error")
 
 
-async def record_refusal(request: Request, error: ExportError) -> None:
+async def record_refusal(engine: AsyncEngine, request: Request, error: ExportError) -> None:
     """One `denied` row for a 401 or 403, one `limited` row for a 429 or 503-busy answer; no token text."""
     outcome = "denied" if error.status in (401, 403) else "limited" if error.status in (429, 503) else None
-    engine: AsyncEngine | None = getattr(request.app.state, "engine", None)
-    if outcome is None or engine is None or error.code() in ("database_unavailable", "dataset_unavailable"):
+    if outcome is None or error.code() in ("database_unavailable", "dataset_unavailable"):
         return
     segments = request.url.path.strip("/").split("/")
     kind = KINDS.get(segments[0], segments[0])

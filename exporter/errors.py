@@ -18,13 +18,16 @@ class ExportError(Exception):
     `headers` go into that response (416 carries Content-Range)."""
 
     status: ClassVar[int] = 400
+    # When to ask again, for the conditions that pass: each cause names its value here, once (Retry-After).
+    retry_after_seconds: ClassVar[int | None] = None
 
     def __init__(self, message: str, *, parameter: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.parameter = parameter
-        self.headers = dict(headers or {})
+        retry = {} if self.retry_after_seconds is None else {"Retry-After": str(self.retry_after_seconds)}
+        self.headers = {**retry, **(headers or {})}
 
     @classmethod
     def code(cls) -> str:
@@ -136,6 +139,7 @@ class TooManyRelays(ExportError):
     """The upstream has max_concurrent_relays in progress; the response carries Retry-After."""
 
     status = 429
+    retry_after_seconds = 1
 
 
 class UnknownJob(ExportError):
@@ -146,6 +150,7 @@ class JobNotFinished(ExportError):
     """The job's result is not there yet; Retry-After says when to ask again."""
 
     status = 409
+    retry_after_seconds = 2
 
 
 class JobFailed(ExportError):
@@ -172,6 +177,7 @@ class TooManyJobs(ExportError):
     """EXPORTER_JOB_MAX_QUEUED jobs are queued; the response carries Retry-After."""
 
     status = 429
+    retry_after_seconds = 10
 
 
 class Unauthorized(ExportError):
@@ -225,12 +231,14 @@ class TooManyRequests(ExportError):
     """The key has --max-concurrent downloads and jobs running; the response carries Retry-After."""
 
     status = 429
+    retry_after_seconds = 5
 
 
 class ShuttingDown(ExportError):
     """The server is draining (SIGTERM): no new downloads; those in flight are stopped when the drain is over."""
 
     status = 503
+    retry_after_seconds = 5
 
 
 class RowLimitExceeded(ExportError):
@@ -243,6 +251,7 @@ class Busy(ExportError):
     """Every slot the dataset's database gives to exports is taken; answered at once, with Retry-After."""
 
     status = 503
+    retry_after_seconds = 1
 
 
 class StatementTimeout(ExportError):

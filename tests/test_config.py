@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from exporter.access.capacity import export_slot_count
+from exporter.access.admission import export_slot_count
 from exporter.config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_FILE_CHUNK_BYTES,

@@ -1,32 +1,38 @@
-"""Admitting downloads: per-key fairness (at most max_concurrent downloads and jobs at once; 429 with Retry-After
-and the IETF draft RateLimit headers), the downloads of a key that is revoked or expires stopped within seconds,
-and draining on shutdown (new downloads refused, those in flight given time, then stopped)."""
+"""Admission: whether a download, export or job may start now. Per-key fairness (at most max_concurrent downloads
+and jobs at once; 429 with Retry-After and the IETF draft RateLimit headers), the downloads of a key that is revoked
+or expires stopped within seconds, draining on shutdown (new downloads refused, those in flight given time, then
+stopped), and each database's export slots, so one greedy client cannot starve the others."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from exporter.access.keys import Caller, Keys
-from exporter.errors import ExportError, RevokedToken, ShuttingDown, TooManyRequests
-from exporter.jobs.queue import Jobs
+from sqlalchemy.engine import make_url
+
+from exporter.access.grants import Caller
+from exporter.access.keys import Keys
+from exporter.config import Settings
+from exporter.errors import Busy, ExportError, RevokedToken, ShuttingDown, TooManyRequests
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 2.0  # how often running downloads' keys are checked for revocation and expiry
-RETRY_AFTER_SECONDS = 5
+POSTGRESQL_EXPORT_SLOTS = 20
+# SQLite reads run in this process, one thread each, and share its cores and the GIL: more at once only share them.
+SQLITE_EXPORT_SLOTS = 4
 
 
 def rate_limit_headers(most: int, remaining: int) -> dict[str, str]:
     """The IETF draft's RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers) for the per-key
     concurrency limit: `most` at once, `remaining` free now."""
     return {"RateLimit-Policy": f'"concurrency";q={most}',
-            "RateLimit": f'"concurrency";r={remaining};t={RETRY_AFTER_SECONDS}'}
+            "RateLimit": f'"concurrency";r={remaining};t={TooManyRequests.retry_after_seconds}'}
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,10 @@ def released_on_error(hold: Hold | None) -> Iterator[None]:
 class Limits:
     """Downloads in progress in this process, by key."""
 
-    def __init__(self, keys: Keys, jobs: Jobs, default_max_concurrent: int) -> None:
+    def __init__(self, keys: Keys, unfinished_jobs: Callable[[str], Awaitable[int]], default_max_concurrent: int
+                 ) -> None:
         self._keys = keys
-        self._jobs = jobs
+        self._unfinished_jobs = unfinished_jobs  # a key's queued and running jobs, which count against its limit
         self._default = default_max_concurrent
         self._active: dict[str, int] = {}
         self._stopped: dict[str, asyncio.Event] = {}
@@ -82,16 +89,15 @@ class Limits:
         """A place for one more download or job of this caller. Raises ShuttingDown while draining, and
         TooManyRequests when a key's downloads here and its unfinished jobs reach its max_concurrent."""
         if self.draining:
-            raise ShuttingDown("the server is shutting down; try again (another replica will answer)",
-                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            raise ShuttingDown("the server is shutting down; try again (another replica will answer)")
         if caller.key_id is None:
             return self._hold(None, asyncio.Event(), {})
         most = caller.max_concurrent or self._default
-        busy = self._active.get(caller.key_id, 0) + await self._jobs.unfinished(caller.key_id)
+        busy = self._active.get(caller.key_id, 0) + await self._unfinished_jobs(caller.key_id)
         if busy >= most:
             raise TooManyRequests(
                 f"the key {caller.name!r} has {busy} downloads and jobs running, its limit; try again later",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS), **rate_limit_headers(most, 0)})
+                headers=rate_limit_headers(most, 0))
         key_id = caller.key_id
         self._active[key_id] = self._active.get(key_id, 0) + 1
         # The headers a 503 busy of this download carries: its place is given back with the refusal.
@@ -148,3 +154,48 @@ class Limits:
             for key_id in unusable:
                 if key_id in self._stopped:
                     self._stopped[key_id].set()
+
+
+def export_slot_count(url: str, settings: Settings) -> int:
+    """How many exports the database at `url` runs at once: EXPORTER_EXPORT_SLOTS, or the dialect's default."""
+    if settings.export_slots is not None:
+        return settings.export_slots
+    return SQLITE_EXPORT_SLOTS if make_url(url).get_backend_name() == "sqlite" else POSTGRESQL_EXPORT_SLOTS
+
+
+class ExportSlots:
+    """The pool connections of one database that exports may hold; the pool keeps its reserve beyond them."""
+
+    def __init__(self, slots: int) -> None:
+        self._semaphore = asyncio.Semaphore(slots)
+        self._slots = slots
+        self._free = slots
+
+    @asynccontextmanager
+    async def hold(self, wait: bool) -> AsyncIterator[None]:
+        """Hold a slot for the block. Without `wait`, raise Busy at once when none is free, or when a job is
+        already waiting for one (it goes first)."""
+        if not wait and self._semaphore.locked():
+            raise Busy("every export slot of this dataset's database is in use; try again shortly")
+        async with self._semaphore:
+            self._free -= 1
+            try:
+                yield
+            finally:
+                self._free += 1
+
+    async def take_spare(self, wanted: int) -> int:
+        """Take up to `wanted` more slots for an export's parallel parts, at once and only while more than half
+        of all slots stay free, so that under load exports run serially rather than turn others away. Returns
+        how many were taken; give each back with give_back()."""
+        taken = 0
+        while taken < wanted and self._free - 1 >= self._slots // 2 and not self._semaphore.locked():
+            await self._semaphore.acquire()  # returns at once: it is not locked
+            self._free -= 1
+            taken += 1
+        return taken
+
+    def give_back(self, count: int) -> None:
+        for _ in range(count):
+            self._free += 1
+            self._semaphore.release()

@@ -8,7 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from exporter.access.keys import Keys, parse_duration, parse_grant, parse_restrictions
+from exporter.access.grants import parse_duration, parse_grant, parse_restrictions
+from exporter.access.keys import Keys
 from exporter.audit import COLUMNS, audit_rows
 from exporter.config import Settings
 from exporter.errors import ConfigError

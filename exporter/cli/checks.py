@@ -9,9 +9,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from exporter.app import open_sources
 from exporter.config import Settings
 from exporter.errors import ExportError
+from exporter.sources.datasets import open_sources
 
 
 async def check_config(settings: Settings, migrations: str) -> list[str]:

@@ -82,8 +82,8 @@ def _loopback(host: str) -> bool:
 
 async def _work(settings: Settings) -> int:
     """Job workers until SIGTERM or SIGINT; their jobs are then handed back to the queue."""
-    from exporter.app import open_sources
     from exporter.jobs.worker import run_jobs
+    from exporter.sources.datasets import open_sources
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -81,7 +81,7 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.draining or _app is None or getattr(_app.state, "limits", None) is None:
+        if self.draining or _app is None or getattr(_app.state, "services", None) is None:
             super().handle_exit(sig, frame)  # a second signal, or before start-up finished: stop now
             return
         self.draining = True
@@ -94,12 +94,13 @@ class DrainingServer(uvicorn.Server):
         EXPORTER_DRAIN_SECONDS; the rest are then stopped, and uvicorn shuts down."""
         from sse_starlette.sse import AppStatus
 
-        seconds = app.state.settings.drain_seconds
+        services = app.state.services
+        seconds = services.settings.drain_seconds
         log.info("draining for up to %.0f s", seconds)
-        app.state.runner.stop_soon()
+        services.runner.stop_soon()
         AppStatus.should_exit = True
         try:
-            await app.state.limits.drain(seconds)
+            await services.limits.drain(seconds)
         finally:
             super().handle_exit(sig, None)
 

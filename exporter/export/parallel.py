@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter import metrics
-from exporter.access.capacity import ExportSlots
+from exporter.access.admission import ExportSlots
 from exporter.export.copy import copy_statement
 from exporter.export.parts import split_query
 from exporter.export.queries import ExportQuery

@@ -1,138 +1,34 @@
-"""The export pipeline: rows → serializer → optional gzip, and its entry in the export log."""
+"""The export's bytes: the read path chosen once per export (PostgreSQL COPY, possibly in parallel parts; ADBC for
+Parquet and Arrow; else the cursor and a serializer), started once an export slot is held, then the key's row
+limit and the file's compression."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from contextlib import nullcontext
 from typing import Any
 
 import anyio
 import pyarrow as pa
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter import logs, metrics
-from exporter.access.capacity import iter_limited
-from exporter.access.keys import NO_RESTRICTION, Restriction
+from exporter.access.admission import ExportSlots
 from exporter.config import Settings
-from exporter.errors import Busy, RowLimitExceeded, TooManyRowsForXlsx
+from exporter.errors import RowLimitExceeded, StatementTimeout, TooManyRowsForXlsx
 from exporter.export.adbc import iter_arrow
 from exporter.export.compression import COMPRESSORS
 from exporter.export.copy import copy_applies, copy_options
 from exporter.export.cursor import count_rows, iter_rows
 from exporter.export.parallel import iter_copy
-from exporter.export.queries import ExportQuery, build_query
-from exporter.formats import (
-    BOM,
-    FORMATS,
-    MAX_ROWS,
-    CsvOptions,
-    ExportFormat,
-    FormatDefaults,
-    Options,
-    Serializer,
-    create_serializer,
-    format_options,
-    split_filename,
-)
+from exporter.export.queries import ExportQuery
+from exporter.exportlog import ExportRecord
+from exporter.formats import BOM, MAX_ROWS, CsvOptions, Options, Serializer, create_serializer
 from exporter.formats.arrow import ArrowStreamSerializer
 from exporter.formats.parquet import ParquetSerializer
-from exporter.models import ExportLogEntry
-from exporter.sources.datasets import Catalog, Dataset
+from exporter.sources.datasets import Dataset
 
-log = logging.getLogger(__name__)
-
-
-EXPORT_FORMATS = tuple(FORMATS)  # what an export's name may end in, and a job's `format`
 # An export's transaction waits for its client at most the send timeout between two statements; PostgreSQL ends
 # one idle this much longer (idle_in_transaction_session_timeout), a backstop should the service itself stall.
 IDLE_MARGIN_SECONDS = 30.0
-
-
-def export_media_type(fmt: str) -> str:
-    """The Content-Type of an export file in format `fmt` (`csv.gz` is a gzip file, not gzip-encoded CSV)."""
-    return FORMATS[fmt].media_type
-
-
-@dataclass(frozen=True)
-class Export:
-    """A validated export request: what `GET /exports/{filename}?{params}` and a job both produce."""
-
-    dataset: Dataset
-    query: ExportQuery
-    options: Options
-    export_format: ExportFormat
-    max_rows: int | None = None  # the key's limit: an export that passes it is aborted
-
-    @property
-    def format(self) -> str:
-        """The format's name: csv, ndjson, csv.gz, ..., parquet, arrow, xlsx (a key of FORMATS)."""
-        return self.export_format.name
-
-    @property
-    def compression(self) -> str | None:
-        """The whole file's compression (`.gz`, `.zst` names), not a negotiated Content-Encoding."""
-        return self.export_format.compression
-
-    @property
-    def filename(self) -> str:
-        return f"{self.dataset.name}.{self.format}"
-
-
-async def prepare_export(catalog: Catalog, filename: str, params: list[tuple[str, str]],
-                         restriction: Restriction = NO_RESTRICTION, settings: Settings | None = None) -> Export:
-    """Validate the name and every parameter, within a key's restriction on the dataset; raises the ExportError
-    that names what is wrong. `settings` give the format defaults (the Parquet row group size)."""
-    name, fmt = split_filename(filename)
-    dataset = await catalog.get(name)
-    query = build_query(dataset, params, dataset.engine.dialect.name, restriction)
-    options = format_options(fmt, dict(params), format_defaults(dataset, settings or Settings()))
-    return Export(dataset, query, options, FORMATS[fmt], restriction.max_rows)
-
-
-@dataclass
-class ExportRecord:
-    """What the export log keeps of one download (an export, a file, a relay, a job's result); counters grow
-    while it streams. `dataset` holds the dataset's, file root's or upstream's name."""
-
-    dataset: str
-    format: str
-    parameters: dict[str, list[str]]
-    client_address: str | None
-    kind: str = "export"
-    key_name: str | None = None
-    resource: str | None = None  # a file's or relayed path; a job's id
-    request_id: str | None = field(default_factory=logs.request_id.get)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    started: float = field(default_factory=time.monotonic)
-    rows: int = 0
-    bytes: int = 0
-    path: str | None = "generic"  # copy | adbc | generic, for exports
-
-    def set_rows(self, rows: int) -> None:
-        self.rows = rows
-
-
-async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serializer, record: ExportRecord
-                       ) -> AsyncIterator[bytes]:
-    """One chunk per batch; the header travels with the first batch, so the first chunk proves the query runs."""
-    pending = serializer.header()
-    try:
-        async for batch in batches:
-            record.rows += len(batch)
-            yield pending + serializer.encode(batch)
-            pending = b""
-        yield pending + serializer.footer()
-    finally:
-        try:
-            await batches.aclose()  # type: ignore[attr-defined]
-        finally:
-            close = getattr(serializer, "close", None)  # a serializer that holds open state (XLSX's zip)
-            if close is not None:
-                close()
 
 
 def open_chunks(dataset: Dataset, query: ExportQuery, options: Options, settings: Settings,
@@ -212,20 +108,34 @@ async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIt
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def format_defaults(dataset: Dataset, settings: Settings) -> FormatDefaults:
-    return FormatDefaults(formula_guard=dataset.config.formula_guard,
-                          parquet_row_group_rows=settings.parquet_row_group_rows)
+async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serializer, record: ExportRecord
+                       ) -> AsyncIterator[bytes]:
+    """One chunk per batch; the header travels with the first batch, so the first chunk proves the query runs."""
+    pending = serializer.header()
+    try:
+        async for batch in batches:
+            record.rows += len(batch)
+            yield pending + serializer.encode(batch)
+            pending = b""
+        yield pending + serializer.footer()
+    finally:
+        try:
+            await batches.aclose()  # type: ignore[attr-defined]
+        finally:
+            close = getattr(serializer, "close", None)  # a serializer that holds open state (XLSX's zip)
+            if close is not None:
+                close()
 
 
 def iter_export(chunks: AsyncIterator[bytes], *, compression: str | None, record: ExportRecord,
-                log_engine: AsyncEngine, max_rows: int | None = None) -> AsyncIterator[bytes]:
-    """The export's body: compressed with `compression` ("gzip", "zstd" or None), aborted with RowLimitExceeded
-    once it passes `max_rows`, and recorded (see iter_recorded)."""
+                max_rows: int | None = None) -> AsyncIterator[bytes]:
+    """The export's body: compressed with `compression` ("gzip", "zstd" or None), and aborted with
+    RowLimitExceeded once it passes `max_rows` (counted in `record`)."""
     if max_rows is not None:
         chunks = _iter_row_limited(chunks, record, max_rows)
     if compression is not None:
         chunks = COMPRESSORS[compression](chunks)
-    return iter_recorded(chunks, record, log_engine)
+    return chunks
 
 
 async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, max_rows: int
@@ -248,95 +158,27 @@ async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, 
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine
-                  ) -> AsyncIterator[bytes]:
-    """`chunks`, counted. However it ends (completed, closed because the client left, or failed), `chunks` is
-    closed and one export log row is written (and the download counted in the metrics) when this closes, even
-    if it was never started: a class, since aclose() on an async generator that never started skips its
-    `finally`, and a relay's upstream connection is open from the start."""
-    return _Recorded(chunks, record, log_engine)
+async def iter_limited(chunks: AsyncIterator[bytes], slots: ExportSlots | None, *, wait_for_slot: bool,
+                       first_chunk_seconds: float | None) -> AsyncIterator[bytes]:
+    """`chunks`, started only once an export slot is held; the slot is kept until this iterator ends or is closed.
 
-
-class _Recorded:
-    def __init__(self, chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine) -> None:
-        self._chunks = chunks
-        self._record = record
-        self._log_engine = log_engine
-        self._outcome = "aborted"  # closed before the end: the client left, or the server is stopping it
-        self._error: str | None = None
-        self._streaming = False
-        self._closed = False
-
-    def __aiter__(self) -> _Recorded:
-        return self
-
-    async def __anext__(self) -> bytes:
-        record = self._record
-        if not self._streaming:
-            self._streaming = True
-            metrics.ACTIVE_STREAMS.labels(record.kind).inc()
+    Raises Busy when no slot is free and `wait_for_slot` is false; `chunks` has not started then, so it holds
+    nothing. Raises StatementTimeout when the first chunk takes longer than `first_chunk_seconds` (the wait for
+    the slot not counted): `chunks` is cancelled, which cancels its query. Only the first chunk is timed, because a
+    COPY export is one statement however long it streams. Once started, `chunks` is closed however this ends,
+    before the slot is given back.
+    """
+    async with slots.hold(wait_for_slot) if slots is not None else nullcontext():
         try:
-            chunk = await anext(self._chunks)
-        except StopAsyncIteration:
-            self._outcome = "completed"
-            await self.aclose()  # the row is there before the response's last byte, as a client would expect
-            raise
-        except Exception as exc:
-            # Refused for capacity before any byte is `limited`, as a 429 is.
-            self._outcome = "limited" if isinstance(exc, Busy) else "failed"
-            self._error = f"{type(exc).__name__}: {exc}"
-            raise  # logged once by the server's request log (logs.RequestIds), or as the job's failure
-        if not record.bytes and chunk:
-            metrics.FIRST_BYTE.labels(record.kind).observe(time.monotonic() - record.started)
-        record.bytes += len(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._chunks.aclose()  # type: ignore[attr-defined]
-            finally:
-                if self._streaming:
-                    metrics.ACTIVE_STREAMS.labels(self._record.kind).dec()
-                await write_log(self._log_engine, self._record, self._outcome, self._error)
-
-
-def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """Query parameters as the export log keeps them: each name with its values."""
-    found: dict[str, list[str]] = {}
-    for name, value in params:
-        found.setdefault(name, []).append(value)
-    return found
-
-
-async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, error: str | None) -> None:
-    """Count the download in the metrics and insert its log row; a failure here is logged, never raised into
-    the response."""
-    duration = time.monotonic() - record.started
-    metrics.count_download(record.kind, record.dataset, record.format, outcome, record.bytes, record.rows, duration)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                insert(ExportLogEntry).values(
-                    started_at=record.started_at,
-                    dataset=record.dataset,
-                    format=record.format,
-                    parameters=record.parameters,
-                    outcome=outcome,
-                    path=record.path,
-                    rows=record.rows,
-                    bytes=record.bytes,
-                    duration_seconds=duration,
-                    client_address=record.client_address,
-                    error=error,
-                    kind=record.kind,
-                    key_name=record.key_name,
-                    resource=record.resource,
-                    request_id=record.request_id,
-                )
-            )
-    except Exception:
-        log.exception("could not write the export log for %s", record.dataset)
+            with anyio.move_on_after(first_chunk_seconds) as timer:
+                first = await anext(chunks, None)
+            if timer.cancelled_caught:
+                raise StatementTimeout(f"the query sent no row within {first_chunk_seconds:g} s and was cancelled")
+            if first is None:
+                return
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()  # type: ignore[attr-defined]

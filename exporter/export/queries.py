@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Select, cast, column, select, table, text, type_coerce, types
 from sqlalchemy.sql.elements import ColumnElement
 
-from exporter.access.keys import NO_RESTRICTION, Restriction
+from exporter.access.grants import NO_RESTRICTION, Restriction
 from exporter.errors import (
     AfterRequiresKeyOrder,
     ColumnNotFilterable,
@@ -24,10 +24,10 @@ from exporter.errors import (
     UnknownColumn,
     UnknownOperator,
 )
+from exporter.formats.csv import CSV_PARAMETERS
 from exporter.sources.datasets import Column, Dataset
 
 QUERY_PARAMETERS = frozenset({"columns", "order", "limit", "after"})
-CSV_PARAMETERS = frozenset({"header", "delimiter", "null", "bom", "formula_guard"})
 
 _INT64 = (-(2**63), 2**63 - 1)
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from exporter.errors import InvalidParameter
-from exporter.export.queries import CSV_PARAMETERS
 from exporter.formats.values import ColumnConvert, converted, each, kind_of, text_column
 from exporter.sources.datasets import Column
 
@@ -17,6 +16,8 @@ _NEVER = object()  # equal to no value
 BOM = "\ufeff".encode()
 # A cell starting with one of these is a formula to spreadsheet programs (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+CSV_PARAMETERS = frozenset({"header", "delimiter", "null", "bom", "formula_guard"})  # the CSV options
 
 
 @dataclass(frozen=True)

@@ -6,37 +6,32 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 from sqlalchemy import exc, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from exporter.access.authentication import link_query
-from exporter.access.keys import NO_RESTRICTION, Restriction
+from exporter.access.grants import NO_RESTRICTION, Restriction
 from exporter.config import Settings
 from exporter.errors import (
     IdempotencyConflict,
-    JobCancelled,
-    JobExpired,
-    JobFailed,
-    JobNotFinished,
     TooManyJobs,
     UnknownJob,
 )
 from exporter.jobs import wakeups
+from exporter.jobs.events import JobEvents, store_events
+from exporter.jobs.results import Result, result_path
+from exporter.jobs.views import JobView, progress_json
 from exporter.metrics import QUEUE_WAIT
-from exporter.models import Job, JobEvent
+from exporter.models import Job
 
 MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
-TERMINAL = ("succeeded", "failed", "cancelled", "expired")
-RETRY_AFTER_SECONDS = 2
 _COLUMNS = tuple(Job.__table__.columns)
 
 
@@ -57,83 +52,18 @@ class JobRequest:
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-@dataclass(frozen=True)
-class Result:
-    """A finished result file: its final path, size, sha256 (hex) and rows."""
-
-    path: Path
-    size: int
-    sha256: str
-    rows: int
-
-
-def filename(job: Job) -> str:
-    return f"{job.dataset}.{job.format}"
-
-
-def job_json(job: Job, media_type: str, link_query: str | None = None) -> dict[str, Any]:
-    """The job as the API shows it; `media_type` is its format's Content-Type; `link_query` signs the result's
-    URL so it works without a header."""
-    return {
-        "id": job.id,
-        "dataset": job.dataset,
-        "format": job.format,
-        "params": job.params,
-        "state": job.state,
-        "rows": job.rows,
-        "bytes": job.bytes,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "expires_at": _iso(job.expires_at),
-        "attempt": job.attempt,
-        "error": {"code": job.error_code, "message": job.error_message} if job.state == "failed" else None,
-        "result": {
-            "url": f"/jobs/{job.id}/result" + (f"?{link_query}" if link_query else ""),
-            "size": job.result_size,
-            "sha256": job.result_sha256,
-            "rows": job.result_rows,
-            "content_type": media_type,
-            "filename": filename(job),
-        } if job.state == "succeeded" else None,
-        "events_url": f"/jobs/{job.id}/events",
-    }
-
-
-def progress_json(rows: int, size: int, elapsed_seconds: float, position: int | None = None) -> dict[str, Any]:
-    progress: dict[str, Any] = {
-        "rows": rows,
-        "bytes": size,
-        "rows_per_second": round(rows / elapsed_seconds, 1) if elapsed_seconds > 0 else 0.0,
-        "elapsed_seconds": round(elapsed_seconds, 3),
-    }
-    if position is not None:
-        progress["position"] = position
-    return progress
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-class Jobs:
-    """The jobs table and its events. `media_type(format)` names a format's Content-Type for the job JSON."""
+class JobQueue:
+    """The jobs table: the API's side (submit, read, cancel, expire) and the workers' (claim with a lease, renew
+    it, finish). Every change stores its events (see events.py) and wakes whoever waits; `view(job)` is the job's
+    JSON, the data of its `state` events."""
 
     def __init__(self, engine: AsyncEngine, notifier: wakeups.Notifier, settings: Settings,
-                 media_type: Callable[[str], str]) -> None:
+                 view: JobView) -> None:
         self.engine = engine
         self.notifier = notifier
         self._settings = settings
-        self._media_type = media_type
-        self.link_secret: bytes | None = None  # set at startup when auth is on: result URLs are then signed
-
-    def json(self, job: Job) -> dict[str, Any]:
-        link = None
-        if self.link_secret is not None and job.state == "succeeded":
-            link = link_query(self.link_secret, job.id, self._settings.link_ttl_seconds)
-        return job_json(job, self._media_type(job.format), link)
-
-    # --- the API's side -------------------------------------------------------------------------------------
+        self.view = view
+        self.events = JobEvents(engine, notifier, view)
 
     async def submit(self, request: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
         """The new queued job and True; or, for an Idempotency-Key seen before with the same request, that job
@@ -166,15 +96,14 @@ class Jobs:
         async with self.engine.begin() as conn:
             queued = await conn.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0
             if queued >= self._settings.job_max_queued:
-                raise TooManyJobs(f"{queued} jobs are queued, the most there may be; try again later",
-                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS * 5)})
+                raise TooManyJobs(f"{queued} jobs are queued, the most there may be; try again later")
             job = Job(id=secrets.token_urlsafe(16), dataset=request.dataset, format=request.format,
                       params=dict(request.params), state="queued", rows=0, bytes=0, created_at=now(), attempt=0,
                       idempotency_key=idempotency_key, request_digest=digest, last_event_id=2,
                       owner_key=request.owner_key, restriction=request.restriction.as_json())
             await conn.execute(insert(Job).values({c.key: getattr(job, c.key) for c in _COLUMNS}))
-            await _store_events(conn, job, [("state", None), ("progress", progress_json(0, 0, 0.0, queued + 1))],
-                                self.json(job))
+            await store_events(conn, job, [("state", None), ("progress", progress_json(0, 0, 0.0, queued + 1))],
+                                self.view(job))
             await wakeups.announce(conn, wakeups.QUEUE)
         self.notifier.wake(wakeups.QUEUE)
         return job
@@ -201,34 +130,6 @@ class Jobs:
         async with self.engine.connect() as conn:
             return [Job(**row._mapping) for row in await conn.execute(query)]
 
-    async def events_after(self, job_id: str, after: int) -> Sequence[Any]:
-        """Stored events with id > after, in order: rows of (id, type, data)."""
-        query = (select(JobEvent.id, JobEvent.type, JobEvent.data)
-                 .where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id))
-        async with self.engine.connect() as conn:
-            return list(await conn.execute(query))
-
-    async def iter_events(self, job: Job, after: int | None, stopping: Callable[[], bool] = lambda: False
-                          ) -> AsyncIterator[tuple[int, str, str]]:
-        """The job's event stream as (id, type, JSON text), ids strictly increasing: first a `state` snapshot of
-        the job as read, then every stored event after `after` (or, without it, only those to come; for a
-        finished job its terminal event), live as they are stored, until a terminal event has been sent, or
-        until `stopping()` (checked at least each poll) says the server is shutting down."""
-        if after is None:
-            after = job.last_event_id - 1 if job.state in TERMINAL else job.last_event_id
-        cursor = min(after, job.last_event_id)
-        yield cursor, "state", orjson.dumps(self.json(job)).decode()
-        while True:
-            with self.notifier.watch(job.id) as woken:
-                batch = await self.events_after(job.id, cursor)
-                for event_id, kind, data in batch:
-                    yield event_id, kind, data
-                    cursor = event_id
-                if (batch and batch[-1].type in TERMINAL) or stopping():
-                    return
-                if not batch:
-                    await wakeups.wait(woken)
-
     async def unfinished(self, owner: str) -> int:
         """How many of this key's jobs are queued or running."""
         async with self.engine.connect() as conn:
@@ -244,7 +145,7 @@ class Jobs:
                                  {"state": "cancelled", "finished_at": stamp, "lease_owner": None,
                                   "lease_expires_at": None}, ["state", "cancelled"])
         if job is not None:
-            await self.announce_positions()
+            await self.events.announce_positions()
             return job
         job = await self.expire(job_id, stamp)
         return job if job is not None else await self.get(job_id)
@@ -254,26 +155,9 @@ class Jobs:
         job = await self._change(job_id, [Job.state == "succeeded"], {"state": "expired", "expires_at": stamp},
                                  ["state", "expired"])
         if job is not None:
-            await anyio.Path(self.result_path(job)).unlink(missing_ok=True)  # ~60 ms for 90 MB: not on the loop
+            # ~60 ms for 90 MB: not on the event loop
+            await anyio.Path(result_path(self._settings.jobs_dir, job)).unlink(missing_ok=True)
         return job
-
-    def result_path(self, job: Job) -> Path:
-        return self._settings.jobs_dir / f"{job.id}.{job.format}"
-
-    def finished_result(self, job: Job) -> Path:
-        """The result file of a succeeded job that has not expired; else the error that says why not."""
-        if job.state in ("queued", "running"):
-            raise JobNotFinished(f"job {job.id} is {job.state}; its result is not ready",
-                                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        if job.state == "failed":
-            raise JobFailed(f"job {job.id} failed: {job.error_message}")
-        if job.state == "cancelled":
-            raise JobCancelled(f"job {job.id} was cancelled")
-        if job.state == "expired" or (job.expires_at is not None and job.expires_at <= now()):
-            raise JobExpired(f"the result of job {job.id} has expired")
-        return self.result_path(job)
-
-    # --- the workers' side ----------------------------------------------------------------------------------
 
     async def claim(self, owner: str) -> Job | None:
         """Take the oldest queued job, atomically (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite runs one writer
@@ -287,7 +171,7 @@ class Jobs:
                                  ["state"])
         if job is not None:
             QUEUE_WAIT.observe((stamp - job.created_at).total_seconds())
-            await self.announce_positions()
+            await self.events.announce_positions()
         return job
 
     async def heartbeat(self, job: Job, owner: str, rows: int, size: int, progress: dict[str, Any] | None) -> bool:
@@ -324,7 +208,7 @@ class Jobs:
                                       "bytes": 0, "lease_owner": None, "lease_expires_at": None},
                                      ["state"])
         if changed is not None:
-            await self.announce_positions()
+            await self.events.announce_positions()
             await self._announce_queued()
 
     async def requeue_lost(self) -> int:
@@ -347,7 +231,7 @@ class Jobs:
                                    {"state": "queued", "started_at": None, "rows": 0, "bytes": 0,
                                     "lease_owner": None, "lease_expires_at": None}, ["state"])
         if lost:
-            await self.announce_positions()
+            await self.events.announce_positions()
             await self._announce_queued()
         return len(lost)
 
@@ -382,30 +266,6 @@ class Jobs:
             rows = await conn.execute(select(Job.id, Job.attempt).where(Job.id.in_(job_ids), Job.state == "running"))
             return {(row.id, row.attempt) for row in rows}
 
-    async def announce_positions(self) -> None:
-        """A progress event with its new queue position for every queued job. Rows another transaction holds are
-        skipped (their position shows a little later), so this never waits for a lock."""
-        async with self.engine.begin() as conn:
-            order = list(await conn.scalars(
-                select(Job.id).where(Job.state == "queued").order_by(Job.created_at, Job.id)))
-            if not order:
-                return
-            free = select(Job.id).where(Job.state == "queued").with_for_update(skip_locked=True)
-            updated = await conn.execute(update(Job).where(Job.id.in_(free))
-                                         .values(last_event_id=Job.last_event_id + 1)
-                                         .returning(Job.id, Job.last_event_id))
-            position = {job_id: index + 1 for index, job_id in enumerate(order)}
-            stamp = now()
-            rows = [{"job_id": row.id, "id": row.last_event_id, "type": "progress", "created_at": stamp,
-                     "data": orjson.dumps(progress_json(0, 0, 0.0, position.get(row.id))).decode()}
-                    for row in updated]
-            if rows:
-                await conn.execute(insert(JobEvent), rows)
-                for row in rows:
-                    await wakeups.announce(conn, row["job_id"])
-        for row in rows:
-            self.notifier.wake(row["job_id"])
-
     async def _announce_queued(self) -> None:
         """Wake the idle workers of every replica, not only this one's: a job went back to the queue. After a
         hand-back this process's own workers are stopping, so only another replica can take the job."""
@@ -432,23 +292,9 @@ class Jobs:
             job = Job(**row._mapping)
             typed: list[tuple[str, dict[str, Any] | None]] = [
                 (kind, None) if isinstance(kind, str) else kind for kind in kinds]
-            await _store_events(conn, job, typed, self.json(job))
+            await store_events(conn, job, typed, self.view(job))
             if typed:
                 await wakeups.announce(conn, job.id)
         if typed:
             self.notifier.wake(job.id)
         return job
-
-
-async def _store_events(conn: AsyncConnection, job: Job, typed: list[tuple[str, dict[str, Any] | None]],
-                        snapshot: dict[str, Any]) -> None:
-    """Insert events numbered up to job.last_event_id; those without data carry the job's snapshot."""
-    if not typed:
-        return
-    first = job.last_event_id - len(typed) + 1
-    stamp = now()
-    await conn.execute(insert(JobEvent), [
-        {"job_id": job.id, "id": first + index, "type": kind, "created_at": stamp,
-         "data": orjson.dumps(snapshot if data is None else data).decode()}
-        for index, (kind, data) in enumerate(typed)
-    ])

@@ -1,14 +1,66 @@
-"""write_result: a job's bytes to its result file, whole or not at all, with the sha256 computed while writing."""
+"""A job's result file: written whole or not at all, with the sha256 computed while writing (write_result); found
+again for a download only while the job's state says it is there (result_target)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from io import BufferedWriter
 from pathlib import Path
 
 import anyio
+
+from exporter.config import FileRootConfig
+from exporter.errors import JobCancelled, JobExpired, JobFailed, JobNotFinished
+from exporter.jobs.views import filename
+from exporter.models import Job
+from exporter.serving.files import Target
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished result file: its final path, size, sha256 (hex) and rows."""
+
+    path: Path
+    size: int
+    sha256: str
+    rows: int
+
+
+def result_path(jobs_dir: Path, job: Job) -> Path:
+    return jobs_dir / f"{job.id}.{job.format}"
+
+
+def part_path(jobs_dir: Path, job: Job) -> Path:
+    """Where an attempt writes before the rename: its name says which attempt, for the janitor."""
+    return jobs_dir / f"{job.id}.{job.attempt}.part"
+
+
+async def result_target(jobs_dir: Path, job: Job) -> tuple[Target, dict[str, str]]:
+    """The result file of a succeeded job that has not expired, and the headers that describe it (its sha256 as
+    Repr-Digest, its rows); else the error that says why not (JobNotFinished, JobFailed, JobCancelled,
+    JobExpired)."""
+    if job.state in ("queued", "running"):
+        raise JobNotFinished(f"job {job.id} is {job.state}; its result is not ready")
+    if job.state == "failed":
+        raise JobFailed(f"job {job.id} failed: {job.error_message}")
+    if job.state == "cancelled":
+        raise JobCancelled(f"job {job.id} was cancelled")
+    if job.state == "expired" or (job.expires_at is not None and job.expires_at <= datetime.now(UTC)):
+        raise JobExpired(f"the result of job {job.id} has expired")
+    path = result_path(jobs_dir, job)
+    try:
+        info = await anyio.Path(path).stat()
+    except FileNotFoundError:
+        raise JobExpired(f"the result of job {job.id} has expired") from None
+    digest = base64.b64encode(bytes.fromhex(job.result_sha256 or "")).decode()
+    headers = {"Cache-Control": "no-cache", "Repr-Digest": f"sha-256=:{digest}:", "X-Export-Rows": str(job.result_rows)}
+    return Target(FileRootConfig("jobs", path.parent), filename(job), path, info), headers
+
 
 # Chunks (about 64-300 KiB from COPY, one batch from the generic path) are gathered into writes of about this
 # size. Each write is one hop to a worker thread, which waits to be scheduled and to take the GIL: with a hop

@@ -13,18 +13,21 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exporter.access.keys import Keys, Restriction
+from exporter.access.grants import Restriction
+from exporter.access.keys import Keys
 from exporter.config import Settings
 from exporter.errors import ExportError
-from exporter.export.pipeline import ExportRecord, export_media_type, iter_export, open_chunks, prepare_export
+from exporter.export.pipeline import iter_export, open_chunks
+from exporter.export.request import export_media_type, prepare_export
+from exporter.exportlog import ExportRecord, iter_recorded
 from exporter.jobs import wakeups
-from exporter.jobs.queue import Jobs, Result, filename, now, progress_json
-from exporter.jobs.results import write_result
+from exporter.jobs.queue import JobQueue, now
+from exporter.jobs.results import Result, part_path, result_path, write_result
+from exporter.jobs.views import JobView, filename, progress_json
 from exporter.models import Job
 from exporter.sources.datasets import Catalog
 from exporter.sources.engines import create_db_engine
@@ -37,12 +40,15 @@ RETRY_SECONDS = 2.0  # after a database error in a worker's own bookkeeping
 
 
 @asynccontextmanager
-async def run_jobs(settings: Settings, catalog: Catalog, log_engine: AsyncEngine) -> AsyncIterator[Runner]:
+async def run_jobs(settings: Settings, catalog: Catalog, log_engine: AsyncEngine, link_secret: bytes | None = None
+                   ) -> AsyncIterator[Runner]:
     """EXPORTER_JOB_WORKERS workers, the janitor and the listener, running until the block ends; then every job
     they run is handed back to the queue. The jobs' bookkeeping has its own small pool, so busy exports never
-    delay it; its sessions are named exporter-jobs in pg_stat_activity."""
+    delay it; its sessions are named exporter-jobs in pg_stat_activity. With a `link_secret` (auth on), the jobs'
+    result URLs are signed."""
     engine = create_db_engine(settings.database_url, application_name="exporter-jobs")
-    runner = Runner(settings, Jobs(engine, wakeups.Notifier(), settings, export_media_type), Keys(engine), catalog,
+    view = JobView(export_media_type, link_secret, settings.link_ttl_seconds)
+    runner = Runner(settings, JobQueue(engine, wakeups.Notifier(), settings, view), Keys(engine), catalog,
                     log_engine)
     runner.start(settings.job_workers)
     try:
@@ -58,7 +64,7 @@ class Runner:
     """`workers` job workers, a janitor and (on PostgreSQL) the notification listener, as asyncio tasks of this
     process. stop() hands every running job back to the queue."""
 
-    def __init__(self, settings: Settings, jobs: Jobs, keys: Keys, catalog: Catalog, log_engine: AsyncEngine
+    def __init__(self, settings: Settings, jobs: JobQueue, keys: Keys, catalog: Catalog, log_engine: AsyncEngine
                  ) -> None:
         self._settings = settings
         self.jobs = jobs
@@ -124,7 +130,7 @@ class Runner:
             log.exception("job %s failed", job.id)
             await self.jobs.fail(job, owner, "internal_error", "the export failed unexpectedly; see the server log")
             return
-        result = Result(self.jobs.result_path(job), size, sha256, record.rows)
+        result = Result(result_path(self._settings.jobs_dir, job), size, sha256, record.rows)
         if not await self.jobs.succeed(job, owner, result) and (await self.jobs.get(job.id)).state != "succeeded":
             await anyio.Path(result.path).unlink(missing_ok=True)  # cancelled at the last moment
 
@@ -158,12 +164,10 @@ class Runner:
                                       Restriction.from_json(job.restriction), self._settings)
         chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
                              wait_for_slot=True)
-        body = iter_export(chunks, compression=export.compression, record=record, log_engine=self._log_engine,
-                           max_rows=export.max_rows)
-        return await write_result(body, self._part(job.id, job.attempt), self.jobs.result_path(job))
-
-    def _part(self, job_id: str, attempt: int) -> Path:
-        return self._settings.jobs_dir / f"{job_id}.{attempt}.part"
+        body = iter_recorded(iter_export(chunks, compression=export.compression, record=record,
+                                         max_rows=export.max_rows), record, self._log_engine)
+        jobs_dir = self._settings.jobs_dir
+        return await write_result(body, part_path(jobs_dir, job), result_path(jobs_dir, job))
 
     async def _janitor(self) -> None:
         while True:

@@ -7,12 +7,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from exporter.access.authentication import CallerDep, require
+from exporter.access.grants import require
 from exporter.export.cursor import estimate_rows
-from exporter.export.pipeline import prepare_export
+from exporter.export.request import prepare_export
 from exporter.formats import FORMATS
-from exporter.services import CatalogDep
-from exporter.web import pages
+from exporter.services import CallerDep, CatalogDep
+from exporter.web.builder import dataset_page
+from exporter.web.rendering import wants_html
 
 router = APIRouter(tags=["datasets"])
 
@@ -30,8 +31,8 @@ async def list_datasets(catalog: CatalogDep, caller: CallerDep) -> JSONResponse:
 async def get_dataset(name: str, request: Request, catalog: CatalogDep, caller: CallerDep) -> Response:
     require(caller, "dataset", name)
     dataset = await catalog.get(name)
-    if pages.wants_html(request):
-        return await pages.dataset_page(request, catalog, dataset, caller)
+    if wants_html(request):
+        return await dataset_page(request, catalog, dataset, caller)
     return JSONResponse(dataset.describe(list(FORMATS), caller.restriction(name).columns), headers=VARY)
 
 

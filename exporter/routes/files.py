@@ -5,13 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from exporter.access.admission import released_on_error
-from exporter.access.authentication import CallerDep, require
-from exporter.export.pipeline import ExportRecord, iter_recorded
-from exporter.services import EngineDep, LimitsDep, SettingsDep
+from exporter.access.grants import require
+from exporter.downloads import client_address
+from exporter.exportlog import ExportRecord
+from exporter.services import CallerDep, DownloadsDep, SettingsDep
 from exporter.serving.files import list_directory, resolve
-from exporter.serving.responses import file_response
-from exporter.web import pages
+from exporter.web.rendering import directory_page, wants_html
 
 router = APIRouter(tags=["files"])
 
@@ -27,22 +26,17 @@ async def root_directory(root: str, settings: SettingsDep, caller: CallerDep) ->
 
 
 @router.api_route("/files/{root}/{path:path}", methods=["GET", "HEAD"], response_class=Response)
-async def file(root: str, path: str, request: Request, settings: SettingsDep, caller: CallerDep, limits: LimitsDep,
-               engine: EngineDep) -> Response:
+async def file(root: str, path: str, request: Request, settings: SettingsDep, caller: CallerDep,
+               downloads: DownloadsDep) -> Response:
     require(caller, "files", root)
     target = await resolve(settings.file_roots, root, path)
     if target.is_directory:
         if path and not path.endswith("/"):
             return RedirectResponse(target.slash_location(), status_code=308)
         listing = await list_directory(target)
-        if pages.wants_html(request):
-            return pages.directory_page(request, listing, caller)
+        if wants_html(request):
+            return directory_page(request, listing, caller)
         return JSONResponse(listing, headers={"Vary": "Accept"})
-    if request.method == "HEAD":
-        return file_response(request, target, settings.file_chunk_bytes, CACHE_CONTROL)
-    record = ExportRecord(root, "file", {}, request.client.host if request.client else None, kind="file",
-                          key_name=caller.name, resource=target.relative)
-    hold = await limits.admit(caller)
-    with released_on_error(hold):
-        return file_response(request, target, settings.file_chunk_bytes, CACHE_CONTROL, hold=hold,
-                             wrap=lambda chunks: iter_recorded(chunks, record, engine))
+    record = ExportRecord(root, "file", {}, client_address(request), kind="file", key_name=caller.name,
+                          resource=target.relative)
+    return await downloads.file(request, caller, record, target, CACHE_CONTROL)

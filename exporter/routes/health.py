@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter.services import ServicesDep
 
 router = APIRouter(tags=["health"])
 
@@ -16,11 +18,10 @@ async def healthz() -> JSONResponse:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    if request.app.state.limits.draining:
+async def readyz(services: ServicesDep) -> JSONResponse:
+    if services.limits.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
-    sources: dict[str | None, AsyncEngine] = request.app.state.sources
-    checks = {name or "service": await _ping(engine) for name, engine in sources.items()}
+    checks = {name or "service": await _ping(engine) for name, engine in services.catalog.engines.items()}
     ready = all(checks.values())
     body = {"status": "ok" if ready else "unavailable", "databases": {n: "ok" if ok else "unreachable"
                                                                     for n, ok in checks.items()}}

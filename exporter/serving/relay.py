@@ -202,8 +202,7 @@ async def open_upstream(upstream: Upstream, method: str, path: str, query: bytes
     name = upstream.config.name
     url = upstream_url(upstream, path, query)
     if upstream.relays >= upstream.config.max_concurrent_relays:
-        raise TooManyRelays(f"upstream {name} has {upstream.config.max_concurrent_relays} relays in progress",
-                            headers={"Retry-After": "1"})
+        raise TooManyRelays(f"upstream {name} has {upstream.config.max_concurrent_relays} relays in progress")
     upstream.relays += 1
     try:
         # Bytes as received: Starlette decoded the caller's header values as latin-1, httpx would encode as ASCII.

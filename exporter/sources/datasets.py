@@ -1,8 +1,10 @@
-"""Declared datasets with their columns (names and types read from the database), and discovery JSON."""
+"""Declared datasets with their columns (names and types read from the database), discovery JSON, and the catalog
+of them over every source database (open_sources)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +13,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from exporter.access.capacity import ExportSlots
-from exporter.config import DatasetConfig
+from exporter.access.admission import ExportSlots, export_slot_count
+from exporter.config import DatasetConfig, Settings
 from exporter.errors import DatasetUnavailable, UnknownDataset
-from exporter.sources.engines import database_errors
+from exporter.sources.engines import create_db_engine, database_errors
 
 # What a value is, for parsing filters and for rendering; see formats/values.py.
 KINDS = ("integer", "decimal", "float", "boolean", "text", "date", "time", "timestamp", "timestamptz",
@@ -186,3 +188,21 @@ def _kind(sa_type: types.TypeEngine[Any], dialect: str) -> str:
     if kind == "timestamp" and (getattr(sa_type, "timezone", False) or dialect == "sqlite"):
         return "timestamptz"
     return kind
+
+
+@asynccontextmanager
+async def open_sources(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, Catalog]]:
+    """The service's own engine and the catalog of datasets over every source; disposed on exit. Each database
+    gives exports its export slots, and its pool holds EXPORTER_RESERVED_SLOTS connections more for everything
+    else (the export log, the catalog, /readyz), so those never wait behind exports."""
+    urls: dict[str | None, str] = {None: settings.database_url}
+    urls.update(settings.sources)
+    slots = {name: export_slot_count(url, settings) for name, url in urls.items()}
+    sources = {name: create_db_engine(url, pool_connections=slots[name] + settings.reserved_slots)
+               for name, url in urls.items()}
+    engine = sources[None]
+    try:
+        yield engine, Catalog(settings.datasets, sources, {name: ExportSlots(n) for name, n in slots.items()})
+    finally:
+        for source in sources.values():
+            await source.dispose()

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.access.keys import Keys, parse_restrictions
+from exporter.access.grants import parse_restrictions
+from exporter.access.keys import Keys
 from exporter.config import Settings
 from tests.conftest import Database
 from tests.export.test_exports import wait_for
@@ -102,7 +103,7 @@ def test_requests_without_a_usable_token_get_401_with_www_authenticate(
     # The same key id with another key's secret, and an id no key has, with valid checksums.
     import base64
 
-    from exporter.access.keys import ID_BYTES, PREFIX, _check
+    from exporter.access.tokens import ID_BYTES, PREFIX, _check
 
     def forge(key_id: bytes, secret: bytes) -> str:
         body = key_id + secret
@@ -303,8 +304,8 @@ def test_one_download_more_than_max_concurrent_is_429_at_once(pg: Database, secu
             f"{server.url}/files/r/big.bin"]
     running = [subprocess.Popen(slow) for _ in range(2)]
     try:
-        wait_for(lambda: len([e for e in server.app.state.limits._active.values()]) and
-                 sum(server.app.state.limits._active.values()) == 2)
+        wait_for(lambda: len([e for e in server.app.state.services.limits._active.values()]) and
+                 sum(server.app.state.services.limits._active.values()) == 2)
         for path in ["/files/r/a.txt", "/exports/orders.csv"]:
             refused = httpx.get(server.url + path, headers=bearer(token), timeout=5)
             assert (refused.status_code, refused.json()["error"]["code"]) == (429, "too_many_requests")
@@ -319,7 +320,7 @@ def test_one_download_more_than_max_concurrent_is_429_at_once(pg: Database, secu
         for curl in running:
             curl.kill()
             curl.wait()
-    wait_for(lambda: not server.app.state.limits._active)
+    wait_for(lambda: not server.app.state.services.limits._active)
     assert httpx.get(f"{server.url}/files/r/a.txt", headers=bearer(token)).status_code == 200
     wait_for(lambda: {e["outcome"] for e in audit(pg)} >= {"limited", "denied", "completed"})  # written at the end
 
@@ -354,7 +355,7 @@ def test_revoking_a_key_fails_its_running_job(pg: Database, secured: Callable[..
     failed = wait_for(lambda: (j := httpx.get(f"{server.url}/jobs/{job_id}", headers=bearer(admin)).json())
                       ["state"] in TERMINAL and j, 15)
     assert (failed["state"], failed["error"]["code"]) == ("failed", "revoked_token")
-    wait_for(lambda: not list((Path(server.app.state.settings.jobs_dir)).iterdir()))
+    wait_for(lambda: not list((Path(server.app.state.services.settings.jobs_dir)).iterdir()))
 
 
 # --- audit ---------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from starlette.requests import Request
 
 from exporter.access.sessions import csrf_matches, csrf_token, session_key, session_value
 from exporter.config import Settings
-from exporter.web.pages import format_bytes, format_count, format_seconds, wants_html
+from exporter.web.rendering import format_bytes, format_count, format_seconds, wants_html
 
 SECRET = b"s" * 32
 KEY = "0a1b2c3d4e5f60718293"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from exporter.access.capacity import ExportSlots
+from exporter.access.admission import ExportSlots
 from exporter.errors import Busy
 
 

@@ -52,7 +52,7 @@ def busy_backends(pg: Database) -> list[int]:
 
 
 def pool_idle(server: ServerThread) -> bool:
-    engine: AsyncEngine = server.app.state.engine
+    engine: AsyncEngine = server.app.state.services.engine
     return engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,70 @@
+"""Submitting an export as a job: POST /jobs's body, `Prefer: respond-async` on an export URL, Idempotency-Key,
+the key's limit, and the submission's row in the export log."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exporter.access.admission import Limits
+from exporter.access.grants import Caller
+from exporter.errors import InvalidParameter
+from exporter.export.request import EXPORT_FORMATS, Export
+from exporter.exportlog import ExportRecord, grouped, write_log
+from exporter.jobs.queue import JobQueue, JobRequest
+
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII
+
+
+class JobSubmission(BaseModel):
+    """The body of POST /jobs: `params` are the query parameters of GET /exports/{dataset}.{format}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    format: Annotated[str, Field(json_schema_extra={"enum": list(EXPORT_FORMATS)})]
+    params: dict[str, str] = {}
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in EXPORT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(EXPORT_FORMATS)}")
+        return value
+
+
+def prefers_async(prefer: str | None) -> bool:
+    """Whether a Prefer header (RFC 7240) asks for respond-async."""
+    return prefer is not None and any(
+        item.split(";")[0].strip().lower() == "respond-async" for item in prefer.split(","))
+
+
+class Submissions:
+    """Jobs submitted through the API, admitted like downloads and recorded in the export log."""
+
+    def __init__(self, queue: JobQueue, limits: Limits, log_engine: AsyncEngine) -> None:
+        self._queue = queue
+        self._limits = limits
+        self._log_engine = log_engine
+
+    async def submit(self, caller: Caller, export: Export, params: list[tuple[str, str]],
+                     idempotency_key: str | None, client_address: str | None) -> JSONResponse:
+        """202 with the new job, or 200 with the one an earlier request with this Idempotency-Key created."""
+        if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise InvalidParameter("Idempotency-Key must be 1 to 255 visible ASCII characters",
+                                   parameter="Idempotency-Key")
+        hold = await self._limits.admit(caller)  # refused at the key's limit; the job counts itself from now on
+        if hold is not None:
+            hold.release()
+        name = export.dataset.name
+        job, created = await self._queue.submit(
+            JobRequest(name, export.format, dict(params), caller.key_id, caller.restriction(name)), idempotency_key)
+        record = ExportRecord(name, export.format, grouped(params), client_address, kind="job", key_name=caller.name,
+                              resource=job.id)
+        await write_log(self._log_engine, record, "completed", None)
+        return JSONResponse(self._queue.view(job), status_code=202 if created else 200,
+                            headers={"Location": f"/jobs/{job.id}", "Preference-Applied": "respond-async"})
