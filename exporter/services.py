@@ -44,16 +44,46 @@ def services_of(request: Request) -> Services:
     return services
 
 
-async def _caller(request: Request, services: Annotated[Services, Depends(services_of)]) -> Caller:
+ServicesDep = Annotated[Services, Depends(services_of)]
+
+
+def _settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+def _catalog(services: ServicesDep) -> Catalog:
+    return services.catalog
+
+
+def _upstreams(services: ServicesDep) -> Mapping[str, Upstream]:
+    return services.upstreams
+
+
+def _jobs(services: ServicesDep) -> JobQueue:
+    return services.jobs
+
+
+def _downloads(services: ServicesDep) -> Downloads:
+    return services.downloads
+
+
+def _submissions(services: ServicesDep) -> Submissions:
+    return services.submissions
+
+
+def _authenticator(services: ServicesDep) -> Authenticator:
+    return services.authenticator
+
+
+async def _caller(request: Request, services: ServicesDep) -> Caller:
     return await services.authenticator.authenticate(request)
 
 
-ServicesDep = Annotated[Services, Depends(services_of)]
-SettingsDep = Annotated[Settings, Depends(lambda request: services_of(request).settings)]
-CatalogDep = Annotated[Catalog, Depends(lambda request: services_of(request).catalog)]
-UpstreamsDep = Annotated[Mapping[str, Upstream], Depends(lambda request: services_of(request).upstreams)]
-JobsDep = Annotated[JobQueue, Depends(lambda request: services_of(request).jobs)]
-DownloadsDep = Annotated[Downloads, Depends(lambda request: services_of(request).downloads)]
-SubmissionsDep = Annotated[Submissions, Depends(lambda request: services_of(request).submissions)]
-AuthenticatorDep = Annotated[Authenticator, Depends(lambda request: services_of(request).authenticator)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+CatalogDep = Annotated[Catalog, Depends(_catalog)]
+UpstreamsDep = Annotated[Mapping[str, Upstream], Depends(_upstreams)]
+JobsDep = Annotated[JobQueue, Depends(_jobs)]
+DownloadsDep = Annotated[Downloads, Depends(_downloads)]
+SubmissionsDep = Annotated[Submissions, Depends(_submissions)]
+AuthenticatorDep = Annotated[Authenticator, Depends(_authenticator)]
 CallerDep = Annotated[Caller, Depends(_caller)]

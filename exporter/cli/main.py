@@ -124,7 +124,3 @@ async def _seed(settings: Settings, rows: int, if_missing: bool) -> int:
     finally:
         await engine.dispose()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
