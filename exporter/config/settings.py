@@ -24,7 +24,7 @@ from exporter.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "default.toml"
-DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see README "Files"
+DEFAULT_FILE_CHUNK_BYTES = 2 * 1024 * 1024  # measured: see docs/files.md "Choosing the chunk size"
 MAX_FILE_CHUNK_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_COPY_PARALLEL = 4
 MAX_COPY_PARALLEL = 64
@@ -148,5 +148,5 @@ class Settings:
 
 def default_copy_parallel() -> int:
     """Two COPY parts per core of this machine, at most DEFAULT_MAX_COPY_PARALLEL: on 2 cores 4 parts beat 2, since
-    the first part is paced by its client while the others fill their spools (README "Parallel COPY")."""
+    the first part is paced by its client while the others fill their spools (docs/internals.md "Parallel COPY")."""
     return max(1, min(2 * (os.cpu_count() or 1), DEFAULT_MAX_COPY_PARALLEL))

@@ -535,7 +535,7 @@ def print_report(cases: list[Case], memories: list[Memory]) -> list[str]:
                        f"{total_bytes / MB / entry.wall_seconds:.1f}"))
     print_table(memory)
 
-    # Exports that should be byte for byte the same (README: same data, same bytes); a difference is a note.
+    # Exports that should be byte for byte the same (docs: same data, same bytes); a difference is a note.
     sample = f"{SAMPLE_ROWS // 1000}k"
     same_bytes = [("psql csv of fast path SELECT", "pg fast path csv", "sqlite csv"),
                   ("psql ndjson of fast path SELECT", "pg fast path ndjson", "sqlite ndjson"),

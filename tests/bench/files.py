@@ -32,7 +32,7 @@ EXPORTER = Path(sys.executable).with_name("exporter")
 FILE_NAME = "big.bin"
 FILE_BYTES = 2 * 1024**3
 CHUNK_SIZES = [64 * 1024, 256 * 1024, 1024 * 1024, 2 * 1024 * 1024, 4 * 1024 * 1024]
-RUNS = 9  # round-robin over the servers; the README table is one such run
+RUNS = 9  # round-robin over the servers; docs/benchmarks.md shows one such run
 
 
 @dataclass

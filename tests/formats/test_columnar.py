@@ -127,7 +127,7 @@ def all_types(pg: Database) -> Database:
 
 
 def database_values(pg: Database) -> list[list[Any]]:
-    """all_types as the database holds it, in the types the typed formats use (see the README's table)."""
+    """all_types as the database holds it, in the types the typed formats use (see docs/formats.md)."""
     rows = pg.execute(
         "SELECT id, t, i, b, s, n::text, n2, r::text, d, bo, dt::text, ts, tstz, tm, ttz::text, iv::text, u::text,"
         " j::text, jb::text, arr::text, tarr::text, by, ch, vc FROM all_types ORDER BY id")
