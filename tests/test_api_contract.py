@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import Settings
-from tests.access.test_auth import create_key
 from tests.conftest import Database
+from tests.helpers import create_key
 from tests.servers import ServerThread
 
 Serve = Callable[[Settings], ServerThread]

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.access.test_auth import bearer, create_key
-from tests.cli.test_cli import free_port
 from tests.conftest import Database
-from tests.export.test_exports import wait_for
+from tests.helpers import bearer, create_key, free_port, wait_for
 from tests.jobs.test_jobs import make_slow
 
 EXPORTER = Path(sys.executable).with_name("exporter")

@@ -13,9 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Settings
-from tests.access.test_auth import bearer, create_key
 from tests.conftest import Database
-from tests.export.test_exports import wait_for
+from tests.helpers import bearer, create_key, wait_for
 from tests.jobs.test_jobs import SLOW, TERMINAL, make_slow
 from tests.servers import ChunkedReader, ServerThread
 from tests.upstreams import RawServer, closed_port, drop, endless, files_upstream, sparse_file

@@ -16,11 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.access.grants import parse_restrictions
-from exporter.access.keys import Keys
 from exporter.config import Settings
 from tests.conftest import Database
-from tests.export.test_exports import wait_for
+from tests.helpers import bearer, create_key, revoke, wait_for
 from tests.jobs.test_jobs import SLOW, TERMINAL, make_slow
 from tests.servers import ServerThread
 from tests.upstreams import files_upstream, sparse_file
@@ -56,22 +54,6 @@ def secured(pg: Database, serve: Serve, tmp_path: Path, upstream: ServerThread) 
                                  upstreams={"up": {"base_url": f"{upstream.url}/files/r"}}, **overrides))
 
     return start
-
-
-def create_key(db: Database, name: str, *grants: str, columns: tuple[str, ...] = (),
-               row_filters: tuple[str, ...] = (), max_rows: tuple[str, ...] = (), expires_in: timedelta | None = None,
-               max_concurrent: int | None = None) -> str:
-    restrictions = parse_restrictions(columns, row_filters, max_rows)
-    token: str = db.run(lambda engine: Keys(engine).create(name, grants, restrictions, expires_in, max_concurrent))
-    return token
-
-
-def revoke(db: Database, name: str) -> None:
-    db.run(lambda engine: Keys(engine).revoke(name))
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def audit(db: Database) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import pytest
 from exporter.config import Settings
 from tests.conftest import Database
 from tests.export.test_export_failures import SLOW, busy_backends, pg, pool_idle  # noqa: F401 (the `pg` fixture)
-from tests.export.test_exports import export_log, wait_for
+from tests.helpers import bearer, create_key, export_log, wait_for
 from tests.jobs.test_jobs import settings as job_settings
 from tests.jobs.test_jobs import submit, wait_state
 from tests.servers import ChunkedReader, ServerThread
@@ -174,8 +174,6 @@ def test_the_statement_timeout_does_not_cut_an_export_that_streams_longer(
 
 
 def test_a_busy_answer_to_a_key_carries_its_ratelimit_headers(db: Database, serve: Serve, tmp_path: Path) -> None:
-    from tests.access.test_auth import bearer, create_key
-
     db.seed_demo(50_000)
     db.execute("DELETE FROM api_keys")
     server = serve(db.settings(auth="required", batch_rows=100, export_slots=1, reserved_slots=1,

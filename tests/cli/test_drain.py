@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cli.test_cli import free_port
 from tests.conftest import Database
-from tests.export.test_exports import wait_for
+from tests.helpers import free_port, wait_for
 
 EXPORTER = Path(sys.executable).with_name("exporter")
 ROWS = 1_000_000

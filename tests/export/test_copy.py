@@ -13,7 +13,7 @@ import zstandard
 
 from exporter.config import Settings
 from tests.conftest import Database
-from tests.export.test_exports import export_log, wait_for
+from tests.helpers import export_log, wait_for
 from tests.servers import ChunkedReader, ServerThread
 
 Serve = Callable[[Settings], ServerThread]

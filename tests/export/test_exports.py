@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter.config import Settings
 from exporter.models import Order
 from tests.conftest import Database
+from tests.helpers import export_log, wait_for
 from tests.servers import ChunkedReader, ServerThread
 
 Serve = Callable[[Settings], ServerThread]
@@ -380,11 +381,6 @@ def test_csv_export_sends_first_rows_before_the_query_finishes_in_chunks_of_tens
     assert wait_for(lambda: export_log(db, "orders"))[0]["outcome"] == "completed"
 
 
-def export_log(db: Database, dataset: str) -> list[dict[str, Any]]:
-    rows = db.execute("SELECT * FROM export_log WHERE dataset = :dataset ORDER BY id", dataset=dataset)
-    return [dict(row._mapping) for row in rows]
-
-
 def test_export_log_records_each_export_however_it_ends(db: Database, serve: Serve) -> None:
     db.execute("DELETE FROM export_log")
     db.seed_demo(100_000)
@@ -411,18 +407,6 @@ def test_export_log_records_each_export_however_it_ends(db: Database, serve: Ser
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
-
-
-def wait_for(probe: Callable[[], Any], seconds: float = 10) -> Any:
-    """Poll until `probe` returns something truthy; a deadline against hangs, not a timing assertion."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if result := probe():
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {seconds}s")
 
 
 def test_postgresql_and_sqlite_export_the_same_rows_as_the_same_bytes(

@@ -23,11 +23,10 @@ from exporter.export.parts import split_query
 from exporter.export.queries import build_query
 from exporter.sources.datasets import Catalog
 from exporter.sources.engines import open_snapshot
-from tests.access.test_auth import bearer, create_key
 from tests.conftest import Database
 from tests.export.test_copy import QUERIES, fill_all_types
 from tests.export.test_export_failures import busy_backends, pool_idle
-from tests.export.test_exports import export_log, wait_for
+from tests.helpers import bearer, create_key, export_log, wait_for
 from tests.jobs.test_jobs import TERMINAL, sha256
 from tests.servers import ChunkedReader, ServerThread
 

@@ -22,7 +22,8 @@ import pytest
 from exporter.config import Settings
 from tests.conftest import Database
 from tests.export.test_copy import fill_all_types
-from tests.export.test_exports import export_log, stored_orders, wait_for
+from tests.export.test_exports import stored_orders
+from tests.helpers import export_log, wait_for
 from tests.servers import ChunkedReader, ServerThread
 
 Serve = Callable[[Settings], ServerThread]

@@ -25,9 +25,8 @@ from sqlalchemy.engine import make_url
 
 from exporter.config import DEFAULT_CONFIG
 from exporter.jobs.wakeups import CHANNEL, QUEUE
-from tests.cli.test_cli import free_port
 from tests.conftest import Database
-from tests.export.test_exports import wait_for
+from tests.helpers import free_port, wait_for
 
 EXPORTER = str(Path(sys.executable).with_name("exporter"))
 LIFECYCLE = ("queued", "running", "succeeded")

@@ -19,7 +19,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 from exporter.config import Settings
 from exporter.formats import FORMATS
 from tests.conftest import Database
-from tests.export.test_exports import wait_for
+from tests.helpers import wait_for
 from tests.servers import ServerThread
 
 Serve = Callable[[Settings], ServerThread]

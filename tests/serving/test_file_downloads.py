@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exporter.app import create_app
 from exporter.config import Settings
-from tests.export.test_exports import wait_for
+from tests.helpers import wait_for
 from tests.servers import ServerThread
 
 Serve = Callable[[Settings], ServerThread]

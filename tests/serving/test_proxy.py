@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from exporter.config import Settings
-from tests.export.test_exports import wait_for
+from tests.helpers import wait_for
 from tests.servers import ServerThread
 from tests.serving.test_file_downloads import raw_get, vm_kib
 from tests.upstreams import (

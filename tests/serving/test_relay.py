@@ -26,7 +26,7 @@ from exporter.serving.relay import (
     upstream_url,
 )
 from exporter.serving.transport import UPSTREAM_READ_BYTES
-from tests.export.test_exports import wait_for
+from tests.helpers import wait_for
 from tests.upstreams import RawServer, drop
 
 

@@ -18,9 +18,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
 from exporter.config import Settings
-from tests.access.test_auth import bearer, create_key, revoke
 from tests.conftest import Database
-from tests.export.test_exports import wait_for
+from tests.helpers import bearer, create_key, revoke, wait_for
 from tests.jobs.test_jobs import SLOW, make_slow
 from tests.servers import ServerThread
 
