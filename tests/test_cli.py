@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,13 @@ import pytest
 
 from exporter.demo import AWKWARD_NOTES
 from tests.conftest import Database
+from tests.servers import free_port  # also imported from here by the other tests that start `exporter serve`
 
 EXPORTER = str(Path(sys.executable).with_name("exporter"))
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EXPORTER, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_migrate_seed_and_serve_give_every_seeded_row_to_curl(tmp_path: Path) -> None:
