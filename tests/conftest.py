@@ -3,6 +3,10 @@
 PostgreSQL comes from EXPORTER_TEST_DATABASE_URL, else from testcontainers where a Docker engine answers,
 else from the server on 127.0.0.1:5432 (user postgres). The run creates a scratch database there and
 applies the migrations. If PostgreSQL cannot be reached the suite fails; it never skips.
+
+Under pytest-xdist each worker is its own process with its own session: its own scratch database (named after
+the worker), SQLite file and tmp_path. Tests that look at server-wide views such as pg_stat_activity filter by
+`datname = current_database()`, so they see only their worker's sessions.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from exporter.sources.engines import create_db_engine
 from tests.servers import ServerThread
 
 LOCAL_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")  # gw0, gw1, ... under pytest-xdist
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ async def _admin(url: str, statement: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     for server_url in _postgres_server_url():
-        name = f"exporter_test_{uuid.uuid4().hex[:12]}"
+        name = f"exporter_test_{WORKER}_{uuid.uuid4().hex[:12]}"
         try:
             asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
         except Exception as exc:

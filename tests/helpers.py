@@ -1,8 +1,7 @@
-"""Helpers the tests of several subsystems share: polling, ports, keys, and the export log."""
+"""Helpers the tests of several subsystems share: polling, keys, and the export log (ports: tests.servers)."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -21,13 +20,6 @@ def wait_for(probe: Callable[[], Any], seconds: float = 10) -> Any:
             return result
         time.sleep(0.02)
     raise AssertionError(f"condition not met within {seconds}s")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def export_log(db: Database, dataset: str) -> list[dict[str, Any]]:

@@ -1,7 +1,10 @@
-"""Real servers for tests: the app under uvicorn on a socket bound to 127.0.0.1 port 0, in a thread."""
+"""Real servers for tests: the app under uvicorn on a socket bound to 127.0.0.1 port 0, in a thread; and ports for
+the servers a test starts as processes, which bind a port they are given."""
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import threading
 import time
@@ -12,6 +15,37 @@ from typing import BinaryIO
 
 import uvicorn
 from starlette.types import ASGIApp
+
+# A block of ports per pytest-xdist worker (gw0, gw1, ...; the serial run is block 0), below the kernel's ephemeral
+# range (ip_local_port_range starts at 32768). A port found free with bind(0) could be handed out by the kernel
+# again, to another test's server or a client, before the process it was meant for binds it; under xdist another
+# worker then took it, answered the test's /healthz and got the test's requests. Ports here are never handed out
+# by the kernel, and no other worker picks from this block.
+PORT_BLOCK = 1000
+_FIRST_PORT = 20_000
+_BLOCKS = (32_768 - _FIRST_PORT) // PORT_BLOCK
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, from this worker's block, and not one this process handed out
+    before: for a server process to bind, or for a port that refuses connections."""
+    first = _FIRST_PORT + (_WORKER % _BLOCKS) * PORT_BLOCK
+    candidates = [port for port in range(first, first + PORT_BLOCK) if port not in _handed_out]
+    if not candidates:  # each handed out once: their processes are long gone
+        _handed_out.clear()
+        candidates = list(range(first, first + PORT_BLOCK))
+    random.shuffle(candidates)  # another checkout's suite on this machine uses the same block
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (another service, or a connection in TIME_WAIT)
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {first}-{first + PORT_BLOCK - 1}")
 
 
 class ServerThread:

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import Database
-from tests.helpers import bearer, create_key, free_port, wait_for
+from tests.helpers import bearer, create_key, wait_for
 from tests.jobs.test_jobs import make_slow
+from tests.servers import free_port
 
 EXPORTER = Path(sys.executable).with_name("exporter")
 

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from exporter.app import create_app
 from exporter.cli.main import migrate
 from exporter.config import Settings
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
 
 PLAIN = b"".join(b"line %d of a compressible text\n" % n for n in range(20_000))
 GZIPPED = gzip.compress(PLAIN, mtime=0)
@@ -265,11 +265,9 @@ def sendfile(path: Path) -> Handler:
 
 
 def closed_port() -> int:
-    """A loopback port nothing listens on: connections are refused."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+    """A loopback port nothing listens on: connections are refused. Not one bound to port 0 and closed: the kernel
+    could hand that one to another server (another xdist worker's) while the test relies on it being closed."""
+    return free_port()
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from exporter.access.tokens import ID_BYTES, PREFIX, SECRET_BYTES, _check
-from tests.helpers import free_port
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / "var" / "bench-auth"

@@ -16,7 +16,7 @@ import pytest
 
 from exporter.cli.demo import AWKWARD_NOTES
 from tests.conftest import Database
-from tests.helpers import free_port
+from tests.servers import free_port
 
 EXPORTER = str(Path(sys.executable).with_name("exporter"))
 

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.conftest import Database
-from tests.helpers import free_port, wait_for
+from tests.helpers import wait_for
+from tests.servers import free_port
 
 EXPORTER = Path(sys.executable).with_name("exporter")
 ROWS = 1_000_000

@@ -26,7 +26,8 @@ from sqlalchemy.engine import make_url
 from exporter.config import DEFAULT_CONFIG
 from exporter.jobs.wakeups import CHANNEL, QUEUE
 from tests.conftest import Database
-from tests.helpers import free_port, wait_for
+from tests.helpers import wait_for
+from tests.servers import free_port
 
 EXPORTER = str(Path(sys.executable).with_name("exporter"))
 LIFECYCLE = ("queued", "running", "succeeded")
@@ -461,6 +462,10 @@ def test_events_stored_on_one_replica_reach_a_stream_open_on_another_through_lis
 def test_delete_on_one_replica_cancels_the_job_running_on_another_and_leaves_nothing_behind(
     replicas: Replicas, pg: Database
 ) -> None:
+    # A job of about 20 s, not the fixture's 4 s: on a loaded machine the steps up to the DELETE took longer than
+    # 4 s, the export ended on its own and was logged completed. Now it ends only if B cancels it.
+    pg.execute("CREATE OR REPLACE VIEW slow AS SELECT * FROM slow_rows"
+               " WHERE id % 1000 <> 0 OR pg_sleep(0.1)::text = ''")
     a = replicas.serve("a", job_workers="0")
     b = replicas.serve("b", job_workers="1")
     job = submit(a, "slow", "csv", SLOW_PARAMS)
