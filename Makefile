@@ -7,6 +7,10 @@ PORT ?= 8000
 DEMO_ROWS ?= 100000
 
 CHROMIUM := /usr/bin/chromium
+# pytest-xdist workers for `make test`, each with its own scratch database (tests/conftest.py). Four on two cores:
+# most tests wait on servers, subprocesses, sleeps in the database and the browser, so four workers keep both cores
+# busy (about 2.3x faster than one; two workers were only about 1.3x). `make test XDIST=` runs serially.
+XDIST ?= -n 4
 
 .PHONY: run test lint bench clean system-deps
 
@@ -38,7 +42,7 @@ system-deps:
 test: $(VENV)/.installed system-deps $(CHROMIUM)
 	$(BIN)/ruff check exporter tests migrations
 	$(BIN)/mypy exporter
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.benchmarks
