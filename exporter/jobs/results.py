@@ -18,7 +18,7 @@ from exporter.config import FileRootConfig
 from exporter.errors import JobCancelled, JobExpired, JobFailed, JobNotFinished
 from exporter.jobs.views import filename
 from exporter.models import Job
-from exporter.serving.files import Target
+from exporter.serving.files import REVALIDATE, Target
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ async def result_target(jobs_dir: Path, job: Job) -> tuple[Target, dict[str, str
     except FileNotFoundError:
         raise JobExpired(f"the result of job {job.id} has expired") from None
     digest = base64.b64encode(bytes.fromhex(job.result_sha256 or "")).decode()
-    headers = {"Cache-Control": "no-cache", "Repr-Digest": f"sha-256=:{digest}:", "X-Export-Rows": str(job.result_rows)}
+    headers = {**REVALIDATE, "Repr-Digest": f"sha-256=:{digest}:", "X-Export-Rows": str(job.result_rows)}
     return Target(FileRootConfig("jobs", path.parent), filename(job), path, info), headers
 
 

@@ -9,14 +9,10 @@ from exporter.access.grants import require
 from exporter.downloads import client_address
 from exporter.exportlog import ExportRecord
 from exporter.services import CallerDep, DownloadsDep, SettingsDep
-from exporter.serving.files import list_directory, resolve
+from exporter.serving.files import REVALIDATE, list_directory, resolve
 from exporter.web.rendering import directory_page, wants_html
 
 router = APIRouter(tags=["files"])
-
-# A file may change, so caches keep it but revalidate with its ETag.
-CACHE_CONTROL = {"Cache-Control": "no-cache"}
-
 
 @router.api_route("/files/{root}", methods=["GET", "HEAD"], response_class=Response)
 async def root_directory(root: str, settings: SettingsDep, caller: CallerDep) -> Response:
@@ -39,4 +35,4 @@ async def file(root: str, path: str, request: Request, settings: SettingsDep, ca
         return JSONResponse(listing, headers={"Vary": "Accept"})
     record = ExportRecord(root, "file", {}, client_address(request), kind="file", key_name=caller.name,
                           resource=target.relative)
-    return await downloads.file(request, caller, record, target, CACHE_CONTROL)
+    return await downloads.file(request, caller, record, target, REVALIDATE)

@@ -28,6 +28,9 @@ MEDIA_TYPES.add_type("application/zstd", ".zst")
 COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
                     "compress": "application/x-compress"}
 
+# A file may change, so caches keep it but revalidate with its ETag (a job's result too).
+REVALIDATE = {"Cache-Control": "no-cache"}
+
 
 @dataclass(frozen=True)
 class Target:
