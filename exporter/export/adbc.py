@@ -34,6 +34,7 @@ from exporter.sources.engines import APPLICATION_NAME, positional_sql
 # ADBC fills a record batch up to about this many bytes of PostgreSQL data before handing it over (its default is
 # 16 MB): small enough that rows stream out as the query produces them, big enough that per-batch work is noise.
 BATCH_BYTES = 1 << 20
+CANCEL_REPEAT_SECONDS = 0.5
 # The output settings of the service's own connections (see db.py), for PostgreSQL's text of values.
 SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'iso_8601'",
            "SET extra_float_digits = 1", "SET bytea_output = 'hex'")
@@ -106,6 +107,8 @@ class _Reader:
             self._running = True
         for statement in ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", *SESSION):
             self._cursor.execute(statement)
+            if self._cancelled:  # a cancel that arrived during a SET ended only that statement
+                raise asyncio.CancelledError
         self._cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
         self._cursor.execute(sql, args or None)
         self._batches = self._cursor.fetch_record_batch()
@@ -127,6 +130,8 @@ class _Reader:
                 self._cursor.adbc_cancel()
 
     def close(self) -> None:
+        with self._lock:
+            self._running = False  # cancel() must not touch a closing cursor
         try:
             self._cursor.close()
         finally:
@@ -166,6 +171,12 @@ async def _close(executor: ThreadPoolExecutor, connecting: Future[_Reader]) -> N
     except BaseException:
         reader = None  # the connection failed: nothing to close
     if reader is not None:
-        reader.cancel()  # a query still running in the thread (the client left) ends now
-        await asyncio.wrap_future(executor.submit(reader.close))  # after the call in progress: one worker
+        closing = asyncio.wrap_future(executor.submit(reader.close))  # after the call in progress: one worker
+        # A query still running in the thread (the client left) ends now. PostgreSQL drops a cancel request that
+        # arrives between two statements (before the query is sent), so it is repeated until that call returns:
+        # once, a lost cancel left a 40 s query holding its locks.
+        while not closing.done():
+            reader.cancel()
+            await asyncio.wait({closing}, timeout=CANCEL_REPEAT_SECONDS)
+        await closing
     executor.shutdown(wait=False)
