@@ -23,7 +23,7 @@ from exporter.jobs.submission import Submissions
 from exporter.jobs.worker import run_jobs
 from exporter.logs import RequestIds
 from exporter.openapi import document
-from exporter.routes import datasets, exports, files, health, jobs, metrics, proxy
+from exporter.routes import datasets, exports, files, health, jobs, metrics, openapi, proxy
 from exporter.services import Services
 from exporter.serving.relay import create_upstreams
 from exporter.serving.responses import SendTimeout
@@ -66,13 +66,16 @@ def create_app(settings: Settings) -> FastAPI:
         if services is not None:
             await record_refusal(services.engine, request, error)
 
-    app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
+    # FastAPI's own /openapi.json, /docs and /redoc answer anyone, and /docs loads Swagger's script from a CDN:
+    # the document is served by routes/openapi.py behind auth instead, and there are no HTML docs (issue 18).
+    app = FastAPI(title="exporter", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
     app.add_middleware(RefuseTokensInUrls)
     app.add_middleware(RequestIds)  # outermost: refusals get a request id and an access line too
     install_error_handlers(app, on_refused, rendering.error_page_for(settings.auth != "off"))
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
-    for module in (datasets, exports, jobs, files, proxy, health, metrics, pages):
+    for module in (datasets, exports, jobs, files, proxy, health, metrics, openapi, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=rendering.STATIC), name="static")
     return app
