@@ -25,6 +25,7 @@ from exporter.logs import RequestIds
 from exporter.openapi import document
 from exporter.routes import datasets, exports, files, health, jobs, metrics, openapi, proxy
 from exporter.services import Services
+from exporter.serving.bodies import BodyLimit
 from exporter.serving.relay import create_upstreams
 from exporter.serving.responses import SendTimeout
 from exporter.sources.datasets import open_sources
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="exporter", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None)
     app.add_middleware(RefuseTokensInUrls)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIds)  # outermost: refusals get a request id and an access line too
     install_error_handlers(app, on_refused, rendering.error_page_for(settings.auth != "off"))
     app.openapi = lambda: document(app)  # type: ignore[method-assign]

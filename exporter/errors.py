@@ -9,8 +9,8 @@ from typing import ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
 from fastapi.routing import iter_route_contexts
+from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 
@@ -259,6 +259,12 @@ class StatementTimeout(ExportError):
     """The export's query sent no row within EXPORTER_STATEMENT_TIMEOUT_SECONDS; it has been cancelled."""
 
     status = 504
+
+
+class BodyTooLarge(ExportError):
+    """The request body is over EXPORTER_MAX_BODY_BYTES: answered as soon as that is known, the rest never read."""
+
+    status = 413
 
 
 class ConfigError(Exception):
