@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from exporter import __version__
 from exporter.access.admission import Limits
@@ -77,6 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app, on_refused, rendering.error_page_for(settings.auth != "off"))
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
+    if settings.trusted_proxies:
+        # Outermost, so the audit log and the cookie's Secure flag see the client the proxy names. The servers
+        # run uvicorn with proxy_headers off (it would trust 127.0.0.1): this is the one place that decides.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     for module in (datasets, exports, jobs, files, proxy, health, metrics, openapi, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=rendering.STATIC), name="static")
