@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from exporter import __version__
 from exporter.access.admission import Limits
@@ -23,8 +24,9 @@ from exporter.jobs.submission import Submissions
 from exporter.jobs.worker import run_jobs
 from exporter.logs import RequestIds
 from exporter.openapi import document
-from exporter.routes import datasets, exports, files, health, jobs, metrics, proxy
+from exporter.routes import datasets, exports, files, health, jobs, metrics, openapi, proxy
 from exporter.services import Services
+from exporter.serving.bodies import BodyLimit
 from exporter.serving.relay import create_upstreams
 from exporter.serving.responses import SendTimeout
 from exporter.sources.datasets import open_sources
@@ -66,13 +68,21 @@ def create_app(settings: Settings) -> FastAPI:
         if services is not None:
             await record_refusal(services.engine, request, error)
 
-    app = FastAPI(title="exporter", version=__version__, lifespan=lifespan)
+    # FastAPI's own /openapi.json, /docs and /redoc answer anyone, and /docs loads Swagger's script from a CDN:
+    # the document is served by routes/openapi.py behind auth instead, and there are no HTML docs (issue 18).
+    app = FastAPI(title="exporter", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
     app.add_middleware(RefuseTokensInUrls)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIds)  # outermost: refusals get a request id and an access line too
     install_error_handlers(app, on_refused, rendering.error_page_for(settings.auth != "off"))
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
-    for module in (datasets, exports, jobs, files, proxy, health, metrics, pages):
+    if settings.trusted_proxies:
+        # Outermost, so the audit log and the cookie's Secure flag see the client the proxy names. The servers
+        # run uvicorn with proxy_headers off (it would trust 127.0.0.1): this is the one place that decides.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+    for module in (datasets, exports, jobs, files, proxy, health, metrics, openapi, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=rendering.STATIC), name="static")
     return app

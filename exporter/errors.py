@@ -9,8 +9,9 @@ from typing import ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 
 class ExportError(Exception):
@@ -260,6 +261,12 @@ class StatementTimeout(ExportError):
     status = 504
 
 
+class BodyTooLarge(ExportError):
+    """The request body is over EXPORTER_MAX_BODY_BYTES: answered as soon as that is known, the rest never read."""
+
+    status = 413
+
+
 class ConfigError(Exception):
     """The configuration file or environment is invalid; raised at startup."""
 
@@ -311,10 +318,13 @@ def install_error_handlers(app: FastAPI,
 
 
 def _allowed(request: Request) -> list[str]:
+    """The methods of every route on the request's path. FastAPI keeps an included router as one entry of
+    app.router.routes, so the routes are walked through iter_route_contexts, which opens them (issue 18: every 405
+    had carried an empty Allow)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods or set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
     return sorted(methods)
 
 

@@ -51,13 +51,40 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: anything a terminal or a log shipper may
+# take for the end of a line, or act on.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: each control character written as its escape (\\n, \\r, \\t, \\x1b, \\u2028)."""
+    return CONTROL.sub(lambda found: ESCAPES.get(found[0]) or found[0].encode("unicode_escape").decode(), text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record, whatever a request put in its message or fields (a %0a in a path once split an access
+    line in two, issue 18). A traceback keeps its lines, each indented, so none can pass for a record."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         fields = getattr(record, "fields", {})
         if fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            text += " " + " ".join(escape_controls(f"{k}={v}") for k, v in fields.items())
         return text
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.splitlines())
 
 
 def configure_logging(log_format: str | None) -> None:

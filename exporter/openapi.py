@@ -33,6 +33,7 @@ CODES = {
     405: "method_not_allowed",
     409: "job_not_finished (with Retry-After), job_failed, job_cancelled, idempotency_conflict",
     410: "job_expired",
+    413: "body_too_large (the body is over EXPORTER_MAX_BODY_BYTES)",
     416: "range_not_satisfiable (with Content-Range: bytes */SIZE)",
     429: "too_many_requests, too_many_jobs, too_many_relays (with Retry-After)",
     502: "upstream_unreachable, upstream_redirect",
@@ -44,7 +45,7 @@ CODES = {
 EXTRA: dict[tuple[str, str], tuple[tuple[int, ...], tuple[str, ...]]] = {
     ("/exports/{filename}", "get"): ((202, 409, 429, 504), tuple(sorted({f.media_type for f in FORMATS.values()}))),
     ("/exports/{filename}", "head"): ((), ()),
-    ("/jobs", "post"): ((200, 409, 429), ()),
+    ("/jobs", "post"): ((200, 409, 413, 429), ()),
     ("/jobs/{job_id}", "delete"): ((), ()),
     ("/jobs/{job_id}/events", "get"): ((204,), ("text/event-stream",)),
     ("/jobs/{job_id}/result", "get"): ((206, 304, 409, 410, 416, 429), ("*/*",)),

@@ -9,11 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from exporter.config import Settings
 from tests.conftest import Database
-from tests.helpers import create_key
+from tests.helpers import bearer, create_key
 from tests.servers import ServerThread
 
 Serve = Callable[[Settings], ServerThread]
@@ -34,6 +35,9 @@ def test_schemathesis_finds_nothing(pg: Database, serve: Serve, tmp_path: Path, 
                                files={"roots": {"r": str(tmp_path / "root")}}))
     token = create_key(pg, "contract", "dataset:*", "files:*", "proxy:*", "admin", "metrics", max_concurrent=100)
     headers = ["-H", f"Authorization: Bearer {token}"] if with_key else []
-    result = subprocess.run([str(SCHEMATHESIS), *COMMAND, *headers, f"{server.url}/openapi.json"],
+    # The document itself needs a key (issue 18), so it is fetched with one; the run then goes with or without.
+    document = tmp_path / "openapi.json"
+    document.write_bytes(httpx.get(f"{server.url}/openapi.json", headers=bearer(token)).raise_for_status().content)
+    result = subprocess.run([str(SCHEMATHESIS), *COMMAND, *headers, "--url", server.url, str(document)],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -51,6 +51,7 @@ CODES: dict[type[ExportError], str] = {
     errors.ShuttingDown: "shutting_down",
     errors.Busy: "busy",
     errors.StatementTimeout: "statement_timeout",
+    errors.BodyTooLarge: "body_too_large",
 }
 
 

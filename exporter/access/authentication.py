@@ -93,6 +93,16 @@ class Authenticator:
         assert self._secret is not None, "sessions exist only with auth on"
         return sessions.session_value(self._secret, key_id, expires)
 
+    def require_csrf(self, request: Request) -> None:
+        """For a request whose method is safe but which changes state all the same (a GET with `Prefer:
+        respond-async` creates a job): a session must show its page's CSRF token, as it must for a POST; a Bearer
+        caller, and auth off, need none. Raises InvalidCsrfToken."""
+        session = request.cookies.get(sessions.COOKIE)
+        if self._secret is None or request.headers.get("authorization") or session is None:
+            return
+        if not sessions.csrf_matches(self._secret, session, request.headers.get(sessions.CSRF_HEADER)):
+            raise InvalidCsrfToken("this request needs the page's CSRF token (X-CSRF-Token): reload the page")
+
     def csrf_matches(self, session: str, token: str | None) -> bool:
         return self._secret is not None and sessions.csrf_matches(self._secret, session, token)
 

@@ -107,7 +107,10 @@ class DrainingServer(uvicorn.Server):
 
 def serve(host: str, port: int, workers: int) -> int:
     # uvicorn's lines go through our handler (log_config=None); the access line is ours (logs.RequestIds).
-    config = uvicorn.Config(APP, factory=True, host=host, port=port, log_config=None, access_log=False)
+    # X-Forwarded-* are honoured by the app, from EXPORTER_TRUSTED_PROXIES only; uvicorn's own handling would
+    # trust them from 127.0.0.1, so any local client could choose the address the audit log records.
+    config = uvicorn.Config(APP, factory=True, host=host, port=port, log_config=None, access_log=False,
+                            proxy_headers=False)
     if workers == 1:
         DrainingServer(config).run()
         return 0

@@ -19,7 +19,7 @@ from exporter.config.tables import (
     source_url,
     upstreams,
 )
-from exporter.config.values import choice, flag, seconds, seconds_or_off, whole
+from exporter.config.values import choice, flag, networks, seconds, seconds_or_off, whole
 from exporter.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/exporter.db"
@@ -38,6 +38,9 @@ AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format",
 FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
 # Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
 LIMIT_SETTINGS = ("export_slots", "reserved_slots", "send_timeout_seconds", "statement_timeout_seconds")
+# What the service accepts of a request before routing: its body's size, and whose X-Forwarded-* headers count.
+REQUEST_SETTINGS = ("max_body_bytes", "trusted_proxies")
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
 
@@ -73,6 +76,8 @@ class Settings:
     send_timeout_seconds: float = 60.0  # a response whose client takes no data this long is aborted
     statement_timeout_seconds: float | None = None  # the longest wait for an export's first chunk; None: no limit
     session_hours: float = 12.0  # a browser session (sign-in cookie) lasts this long
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a longer request body is refused with 413 body_too_large
+    trusted_proxies: tuple[str, ...] = ()  # addresses and CIDRs whose X-Forwarded-For/-Proto count; none by default
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -81,7 +86,8 @@ class Settings:
         root that is not a directory, or an upstream header whose variable is unset, is a ConfigError."""
         known = {"database_url", "batch_rows", "copy_fast_path", "copy_parallel", "copy_parallel_min_rows",
                  "datasets", "sources", "files",
-                 "file_chunk_bytes", "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS}
+                 "file_chunk_bytes", "upstreams", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS,
+                 *REQUEST_SETTINGS}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -128,6 +134,8 @@ class Settings:
             statement_timeout_seconds=seconds_or_off("statement_timeout_seconds",
                                                       data.get("statement_timeout_seconds")),
             session_hours=seconds("session_hours", data.get("session_hours", cls.session_hours)),
+            max_body_bytes=whole("max_body_bytes", data.get("max_body_bytes", cls.max_body_bytes), 1),
+            trusted_proxies=networks("trusted_proxies", data.get("trusted_proxies", cls.trusted_proxies)),
         )
 
     @classmethod
@@ -139,7 +147,8 @@ class Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         for key in ("database_url", "batch_rows", "copy_fast_path", "copy_parallel", "copy_parallel_min_rows",
-                    "file_chunk_bytes", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS):
+                    "file_chunk_bytes", *FORMAT_SETTINGS, *JOB_SETTINGS, *AUTH_SETTINGS, *LIMIT_SETTINGS,
+                    *REQUEST_SETTINGS):
             value = environ.get(f"EXPORTER_{key.upper()}")
             if value:
                 data[key] = value

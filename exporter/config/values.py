@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from exporter.errors import ConfigError
@@ -52,3 +53,17 @@ def seconds_or_off(name: str, value: Any) -> float | None:
     if value is None or str(value).strip().lower() in ("0", "0.0", "off"):
         return None
     return seconds(name, value)
+
+
+def networks(name: str, value: Any) -> tuple[str, ...]:
+    """Addresses and CIDR networks, comma-separated (a string) or a list, as uvicorn's forwarded_allow_ips takes
+    them; `*` for every address. Empty: none."""
+    items = [str(item).strip() for item in (value.split(",") if isinstance(value, str) else value or ())]
+    for item in filter(None, items):
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name} must be addresses or CIDR networks, comma-separated; got {item!r}") from None
+    return tuple(filter(None, items))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.access.admission import Limits
@@ -35,6 +37,20 @@ class JobSubmission(BaseModel):
         if value not in EXPORT_FORMATS:
             raise ValueError(f"must be one of {', '.join(EXPORT_FORMATS)}")
         return value
+
+
+# POST /jobs reads its body itself, after authentication; the document still shows the body's schema.
+SUBMISSION_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": JobSubmission.model_json_schema()}}}}
+
+
+async def read_submission(request: Request) -> JobSubmission:
+    """POST /jobs's body, read now (within EXPORTER_MAX_BODY_BYTES); an invalid one is a 400 invalid_parameter,
+    worded as FastAPI words a body parameter's errors."""
+    try:
+        return JobSubmission.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise RequestValidationError([{**item, "loc": ("body", *item["loc"])} for item in error.errors()]) from None
 
 
 def prefers_async(prefer: str | None) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -10,6 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter.services import ServicesDep
 
 router = APIRouter(tags=["health"])
+READINESS = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "unavailable", "draining"]},
+    "databases": {"type": "object", "additionalProperties": {"type": "string", "enum": ["ok", "unreachable"]}}}}
+# /readyz's 503 is its own body, not the error shape: the OpenAPI document lists it from here.
+NOT_READY: dict[int | str, dict[str, Any]] = {503: {
+    "description": "not ready: a database does not answer, or the server is draining",
+    "content": {"application/json": {"schema": READINESS}}}}
 
 
 @router.get("/healthz")
@@ -17,7 +26,7 @@ async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=NOT_READY)
 async def readyz(services: ServicesDep) -> JSONResponse:
     if services.limits.draining:
         return JSONResponse({"status": "draining"}, status_code=503)

@@ -18,7 +18,7 @@ from exporter.exportlog import ExportRecord
 from exporter.jobs.events import TERMINAL
 from exporter.jobs.queue import JobQueue
 from exporter.jobs.results import result_target
-from exporter.jobs.submission import JobSubmission
+from exporter.jobs.submission import SUBMISSION_BODY, read_submission
 from exporter.models import Job
 from exporter.services import CallerDep, CatalogDep, DownloadsDep, JobsDep, ServicesDep, SettingsDep, SubmissionsDep
 from exporter.web.rendering import jobs_page, wants_html
@@ -35,9 +35,10 @@ def _owner(caller: Caller) -> str | None:
     return None if caller.admin else caller.key_id
 
 
-@router.post("/jobs", status_code=202, response_class=JSONResponse)
-async def create_job(submission: JobSubmission, request: Request, catalog: CatalogDep, caller: CallerDep,
-                     submissions: SubmissionsDep) -> Response:
+@router.post("/jobs", status_code=202, response_class=JSONResponse, openapi_extra=SUBMISSION_BODY)
+async def create_job(request: Request, catalog: CatalogDep, caller: CallerDep, submissions: SubmissionsDep) -> Response:
+    """The caller is known before a byte of the body is read (a pydantic body parameter is read before it)."""
+    submission = await read_submission(request)
     require(caller, "dataset", submission.dataset)
     params = list(submission.params.items())
     export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,

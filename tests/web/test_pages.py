@@ -515,7 +515,7 @@ def _signed_in(server: ServerThread, token: str, **headers: str) -> httpx.Respon
 def test_the_session_cookie_is_signed_http_only_strict_and_expires(
     pg: Database, site: Callable[..., ServerThread]
 ) -> None:
-    server = site(session_hours=2)
+    server = site(session_hours=2, trusted_proxies="127.0.0.1")  # a TLS proxy on loopback sets X-Forwarded-Proto
     token = key(pg)
     response = _signed_in(server, token)
     assert response.status_code == 303 and response.headers["location"] == "/jobs"
@@ -533,7 +533,7 @@ def test_the_session_cookie_is_signed_http_only_strict_and_expires(
     refused = httpx.get(f"{server.url}/datasets", cookies={"exporter_session": tampered})
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_token"
 
-    over_https = _signed_in(server, token, **{"X-Forwarded-Proto": "https"})  # uvicorn trusts loopback proxies
+    over_https = _signed_in(server, token, **{"X-Forwarded-Proto": "https"})  # from EXPORTER_TRUSTED_PROXIES
     assert "secure" in over_https.headers["set-cookie"].lower()
     elsewhere = _signed_in(server, token, Origin="https://attacker.example")  # login CSRF
     assert elsewhere.status_code == 403 and "set-cookie" not in elsewhere.headers
