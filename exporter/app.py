@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
                 link_secret = await load_secret(engine, "link") if auth else None
                 session_secret = await load_secret(engine, "session") if auth else None
                 async with run_jobs(settings, catalog, engine, link_secret) as runner:
-                    limits = Limits(runner.keys, runner.jobs.unfinished, settings.key_max_concurrent)
+                    limits = Limits(runner.keys, engine, settings.key_max_concurrent)
                     app.state.services = Services(
                         settings, engine, catalog, upstreams, Authenticator(runner.keys, session_secret), limits,
                         Downloads(limits, engine, settings), runner, Submissions(runner.jobs, limits, engine))
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
                         yield
                     finally:
                         watcher.cancel()
+                        await limits.close()
         finally:
             for upstream in upstreams.values():
                 await upstream.aclose()
