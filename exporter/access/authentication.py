@@ -13,8 +13,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from exporter.access import sessions
 from exporter.access.grants import ANONYMOUS, Caller, caller_of
 from exporter.access.keys import Keys, refusal
+from exporter.access.throttle import FailedAuthThrottle
 from exporter.access.tokens import PREFIX, MalformedToken, parse_token, secret_matches
-from exporter.errors import InvalidCsrfToken, InvalidToken, MissingToken, TokenInUrl, error_response
+from exporter.errors import InvalidCsrfToken, InvalidToken, MissingToken, TokenInUrl, Unauthorized, error_response
 from exporter.models import ApiKey
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,14 @@ class RefuseTokensInUrls:
 
 
 class Authenticator:
-    """Finds the caller of a request. With auth off (`session_secret` None) everyone is ANONYMOUS."""
+    """Finds the caller of a request. With auth off (`session_secret` None) everyone is ANONYMOUS. Failures go
+    through `throttle` (see throttle.py), by the client's address."""
 
-    def __init__(self, keys: Keys, session_secret: bytes | None) -> None:
+    def __init__(self, keys: Keys, session_secret: bytes | None, throttle: FailedAuthThrottle) -> None:
         self.keys = keys
         self._secret = session_secret
         self._sessions = sessions.Sessions(keys.engine)
+        self._throttle = throttle
 
     @property
     def enabled(self) -> bool:
@@ -59,10 +62,14 @@ class Authenticator:
         speak through a browser session's cookie instead: the same key, loaded afresh, with a CSRF token required
         on state-changing methods. Raises MissingToken, InvalidToken (malformed, mistyped, unknown key or wrong
         secret: all alike, and as slow whether the key exists or not; a session that is forged or over),
-        ExpiredToken, RevokedToken, InvalidCsrfToken. Sets request.state.caller (and, for a session, .csrf)."""
+        ExpiredToken, RevokedToken, InvalidCsrfToken; TooManyFailedAttempts instead of those 401s once the client's
+        address has failed too often. Sets request.state.caller (and, for a session, .csrf)."""
         if self._secret is None:
             return ANONYMOUS
-        key = await self._key(request, self._secret)
+        try:
+            key = await self._key(request, self._secret)
+        except Unauthorized as error:
+            raise await self._throttle.refusal(_address(request), error) from None
         await self.keys.touch(key.id, datetime.now(UTC))
         caller = caller_of(key)
         request.state.caller = caller
@@ -79,6 +86,14 @@ class Authenticator:
         if scheme.lower() != "bearer":
             raise InvalidToken("use the Bearer scheme: Authorization: Bearer exp_…")
         return await self.verify_token(token.strip())
+
+    async def sign_in(self, request: Request, token: str) -> ApiKey:
+        """The usable key of a token given to the sign-in form; a failure is throttled like a 401 (see
+        authenticate)."""
+        try:
+            return await self.verify_token(token)
+        except Unauthorized as error:
+            raise await self._throttle.refusal(_address(request), error) from None
 
     async def verify_token(self, token: str) -> ApiKey:
         """The usable key a token belongs to; raises InvalidToken, ExpiredToken or RevokedToken."""
@@ -124,6 +139,10 @@ class Authenticator:
             raise InvalidCsrfToken("this request needs the page's CSRF token (X-CSRF-Token): reload the page")
         request.state.csrf = sessions.csrf_token(secret, session)
         return key
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _usable(key: ApiKey) -> ApiKey:

@@ -48,7 +48,7 @@ async def sign_in(request: Request, settings: SettingsDep, authenticator: Authen
     form = await _form(request)
     token, next = form.get("token", ""), form.get("next", "/")
     try:
-        key = await authenticator.verify_token(token.strip())
+        key = await authenticator.sign_in(request, token.strip())
     except Unauthorized as error:
         return render(request, "sign_in.html", {"next": _local(next), "message": error.message},
                       status_code=error.status)
