@@ -3,6 +3,8 @@ on one server and across two servers (replicas, or the processes of `--workers N
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -12,7 +14,9 @@ import httpx
 
 from tests.conftest import Database
 from tests.helpers import bearer, create_key, wait_for
-from tests.servers import ServerThread
+from tests.servers import ServerThread, free_port
+from tests.test_logs import EXPORTER, _up
+from tests.upstreams import sparse_file
 
 RACERS = 12
 BIG = "/files/r/big.bin"  # 256 MiB: the admitted download is still being sent while the others are refused
@@ -155,3 +159,43 @@ def test_simultaneous_submissions_and_downloads_admit_exactly_one_on_either_data
     with race([stream, submission(server, token)] * (RACERS // 2)) as responses:
         assert statuses(responses).count(429) == RACERS - 1
         assert {200, 202} & set(statuses(responses))
+
+
+def test_the_limit_holds_across_the_processes_of_serve_with_two_workers(
+    pg: Database, secured: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    secured(job_workers=0)  # the fixture's database (no keys, no jobs, 2,000 orders); the CLI serves it here
+    root = tmp_path / "served"
+    root.mkdir()
+    sparse_file(root / "big.bin", 256 * 1024 * 1024, b"end")
+    config = tmp_path / "exporter.toml"
+    config.write_text(f'[datasets.orders]\ntable = "orders"\nkey = "id"\n\n[files.roots]\nr = "{root}"\n')
+    token = create_key(pg, "one", "dataset:orders", "files:r", max_concurrent=1)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EXPORTER_")},
+           "EXPORTER_DATABASE_URL": pg.url, "EXPORTER_CONFIG": str(config), "EXPORTER_JOB_WORKERS": "0",
+           "EXPORTER_JOBS_DIR": str(tmp_path / "jobs")}
+    server = subprocess.Popen([EXPORTER, "serve", "--port", str(port), "--workers", "2"], env=env,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    close = {"Connection": "close"}  # a new connection each: the kernel hands them to either process
+
+    def download(client: httpx.Client) -> httpx.Response:
+        return client.send(client.build_request("GET", url + BIG, headers=bearer(token) | close), stream=True)
+
+    def submission(client: httpx.Client) -> httpx.Response:
+        return client.post(f"{url}/jobs", json=JOB, headers=bearer(token) | close)
+
+    try:
+        wait_for(lambda: _up(url), 60)
+        with race([download] * RACERS) as responses:
+            assert statuses(responses) == [200] + [429] * (RACERS - 1)
+        wait_for(lambda: httpx.get(url + "/files/r/big.bin", headers=bearer(token) | close | {"Range": "bytes=0-0"}
+                                   ).status_code == 206)
+        with race([submission] * RACERS) as responses:
+            assert statuses(responses) == [202] + [429] * (RACERS - 1)
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+    assert server.returncode == 0
+    assert unfinished_jobs(pg) == 1
