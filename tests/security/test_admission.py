@@ -199,3 +199,17 @@ def test_the_limit_holds_across_the_processes_of_serve_with_two_workers(
         server.communicate(timeout=60)
     assert server.returncode == 0
     assert unfinished_jobs(pg) == 1
+
+
+def test_an_idempotent_retry_at_the_limit_returns_its_job_and_creates_nothing(
+    pg: Database, secured: Callable[..., ServerThread]
+) -> None:
+    server = secured(job_workers=0)
+    token = create_key(pg, "one", "dataset:orders", max_concurrent=1)
+    headers = bearer(token) | {"Idempotency-Key": "nightly-1"}
+    first = httpx.post(f"{server.url}/jobs", json=JOB, headers=headers)
+    again = httpx.post(f"{server.url}/jobs", json=JOB, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert httpx.post(f"{server.url}/jobs", json=JOB, headers=bearer(token)).status_code == 429
+    assert unfinished_jobs(pg) == 1
