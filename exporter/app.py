@@ -16,10 +16,11 @@ from exporter import __version__
 from exporter.access.admission import Limits
 from exporter.access.authentication import Authenticator, RefuseTokensInUrls
 from exporter.access.secrets import load_secret
+from exporter.access.throttle import FailedAuthThrottle
 from exporter.audit import record_refusal
 from exporter.config import Settings
 from exporter.downloads import Downloads
-from exporter.errors import ExportError, install_error_handlers
+from exporter.errors import ExportError, TooManyFailedAttempts, install_error_handlers
 from exporter.jobs.submission import Submissions
 from exporter.jobs.worker import run_jobs
 from exporter.logs import RequestIds
@@ -47,9 +48,12 @@ def create_app(settings: Settings) -> FastAPI:
                 link_secret = await load_secret(engine, "link") if auth else None
                 session_secret = await load_secret(engine, "session") if auth else None
                 async with run_jobs(settings, catalog, engine, link_secret) as runner:
-                    limits = Limits(runner.keys, runner.jobs.unfinished, settings.key_max_concurrent)
+                    limits = Limits(runner.keys, engine, settings.key_max_concurrent)
+                    throttle = FailedAuthThrottle(settings.failed_auth_limit, settings.failed_auth_window_seconds,
+                                                  settings.failed_auth_delay_seconds)
                     app.state.services = Services(
-                        settings, engine, catalog, upstreams, Authenticator(runner.keys, session_secret), limits,
+                        settings, engine, catalog, upstreams, Authenticator(runner.keys, session_secret, throttle),
+                        limits,
                         Downloads(limits, engine, settings), runner, Submissions(runner.jobs, limits, engine))
                     if auth and not await runner.keys.count():
                         log.warning("no API key exists, so every request is refused (401). Create one with: "
@@ -59,12 +63,15 @@ def create_app(settings: Settings) -> FastAPI:
                         yield
                     finally:
                         watcher.cancel()
+                        await limits.close()
         finally:
             for upstream in upstreams.values():
                 await upstream.aclose()
 
     async def on_refused(request: Request, error: ExportError) -> None:
         services: Services | None = getattr(request.app.state, "services", None)
+        if isinstance(error, TooManyFailedAttempts) and not error.first:
+            return  # a throttled address's failures add one row, when throttling begins, not one each (a flood)
         if services is not None:
             await record_refusal(services.engine, request, error)
 

@@ -235,6 +235,20 @@ class TooManyRequests(ExportError):
     retry_after_seconds = 5
 
 
+class TooManyFailedAttempts(ExportError):
+    """Too many failed authentications (401s, failed sign-ins) from one client address within a window: refused
+    with Retry-After until it has passed. Only the first of a window (`first`) is written to the audit log."""
+
+    status = 429
+    retry_after_seconds = 60
+
+    def __init__(self, message: str, *, parameter: str | None = None, headers: Mapping[str, str] | None = None,
+                 retry_after_seconds: int = 60, first: bool = True) -> None:
+        super().__init__(message, parameter=parameter,
+                         headers={"Retry-After": str(retry_after_seconds), **(headers or {})})
+        self.first = first
+
+
 class ShuttingDown(ExportError):
     """The server is draining (SIGTERM): no new downloads; those in flight are stopped when the drain is over."""
 

@@ -77,6 +77,31 @@ class ServiceSecret(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class DownloadHold(Base):
+    """A running download's place under its key's max_concurrent, for every process and replica to count. Its
+    process renews `expires_at` while the download runs and deletes the row when it ends; a crashed process's
+    holds lapse."""
+
+    __tablename__ = "download_holds"
+    __table_args__ = (Index("ix_download_holds_key_id", "key_id"),
+                      Index("ix_download_holds_expires_at", "expires_at"))
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    key_id: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BrowserSession(Base):
+    """A signed-in browser session, live until it expires or is signed out (the row is deleted)."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    key_id: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Job(Base):
     """An export run in the background. `state` is queued, running, succeeded, failed, cancelled or expired;
     a running job belongs to `lease_owner` until `lease_expires_at`. `last_event_id` numbers its events."""

@@ -35,7 +35,7 @@ CODES = {
     410: "job_expired",
     413: "body_too_large (the body is over EXPORTER_MAX_BODY_BYTES)",
     416: "range_not_satisfiable (with Content-Range: bytes */SIZE)",
-    429: "too_many_requests, too_many_jobs, too_many_relays (with Retry-After)",
+    429: "too_many_requests, too_many_jobs, too_many_relays, too_many_failed_attempts (with Retry-After)",
     502: "upstream_unreachable, upstream_redirect",
     503: "database_unavailable, dataset_unavailable, file_changed, file_unreadable, shutting_down, busy "
          "(with Retry-After)",
@@ -81,7 +81,8 @@ def document(app: FastAPI) -> dict[str, Any]:
             if media_types:
                 responses.setdefault("200", {"description": SUCCESS[200]})["content"] = {
                     media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in media_types}
-            statuses = [400, 405, *extra] if path in OPEN_PATHS else [400, 401, 403, 404, 405, 503, *extra]
+            # 429 on every authenticated operation: an address whose authentication failed too often
+            statuses = [400, 405, *extra] if path in OPEN_PATHS else [400, 401, 403, 404, 405, 429, 503, *extra]
             for status in statuses:
                 if status in SUCCESS:
                     responses.setdefault(str(status), {"description": SUCCESS[status]})

@@ -31,8 +31,10 @@ def test_schemathesis_finds_nothing(pg: Database, serve: Serve, tmp_path: Path, 
     pg.seed_demo(100)
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "a.txt").write_text("a\n")
+    # The fuzzer is one address failing authentication thousands of times on purpose: unthrottled here, so that
+    # each answer is the operation's own (the throttle's 429 is tested in tests/security/test_failed_auth.py).
     server = serve(pg.settings(auth="required", jobs_dir=str(tmp_path / "jobs"), job_workers=0,
-                               files={"roots": {"r": str(tmp_path / "root")}}))
+                               files={"roots": {"r": str(tmp_path / "root")}}, failed_auth_limit=1_000_000))
     token = create_key(pg, "contract", "dataset:*", "files:*", "proxy:*", "admin", "metrics", max_concurrent=100)
     headers = ["-H", f"Authorization: Bearer {token}"] if with_key else []
     # The document itself needs a key (issue 18), so it is fetched with one; the run then goes with or without.

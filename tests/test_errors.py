@@ -47,6 +47,7 @@ CODES: dict[type[ExportError], str] = {
     errors.LinkExpired: "link_expired",
     errors.TokenInUrl: "token_in_url",
     errors.TooManyRequests: "too_many_requests",
+    errors.TooManyFailedAttempts: "too_many_failed_attempts",
     errors.RowLimitExceeded: "row_limit_exceeded",
     errors.ShuttingDown: "shutting_down",
     errors.Busy: "busy",

@@ -1,5 +1,6 @@
 """Admission: whether a download, export or job may start now. Per-key fairness (at most max_concurrent downloads
-and jobs at once; 429 with Retry-After and the IETF draft RateLimit headers), the downloads of a key that is revoked
+and jobs at once, counted in the service's database so that it holds across processes and replicas; 429 with
+Retry-After and the IETF draft RateLimit headers), the downloads of a key that is revoked
 or expires stopped within seconds, draining on shutdown (new downloads refused, those in flight given time, then
 stopped), and each database's export slots, so one greedy client cannot starve the others."""
 
@@ -8,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exporter.access.grants import Caller
 from exporter.access.keys import Keys
 from exporter.config import Settings
 from exporter.errors import Busy, ExportError, RevokedToken, ShuttingDown, TooManyRequests
+from exporter.models import ApiKey, DownloadHold, Job
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +31,9 @@ WATCH_SECONDS = 2.0  # how often running downloads' keys are checked for revocat
 POSTGRESQL_EXPORT_SLOTS = 20
 # SQLite reads run in this process, one thread each, and share its cores and the GIL: more at once only share them.
 SQLITE_EXPORT_SLOTS = 4
+# A download's hold lapses this long after its process last renewed it (every WATCH_SECONDS): a crashed process's
+# places come back within this time.
+HOLD_LEASE_SECONDS = 30.0
 
 
 def rate_limit_headers(most: int, remaining: int) -> dict[str, str]:
@@ -33,6 +41,42 @@ def rate_limit_headers(most: int, remaining: int) -> dict[str, str]:
     concurrency limit: `most` at once, `remaining` free now."""
     return {"RateLimit-Policy": f'"concurrency";q={most}',
             "RateLimit": f'"concurrency";r={remaining};t={TooManyRequests.retry_after_seconds}'}
+
+
+@dataclass(frozen=True)
+class KeyLimit:
+    """One key's limit: at most `most` downloads and unfinished jobs at once."""
+
+    key_id: str
+    name: str
+    most: int
+
+    async def take(self, conn: AsyncConnection, hold_id: str | None = None) -> int:
+        """In `conn`'s transaction, as one atomic step: lock the key's admissions until the transaction ends, count
+        its places in use (live download holds and queued or running jobs, of every process and replica), raise
+        TooManyRequests when they reach `most`, else record download hold `hold_id` (a job's own row, inserted in
+        the same transaction, counts itself). Returns the places that were in use."""
+        stamp = datetime.now(UTC)
+        if conn.dialect.name == "postgresql":
+            await conn.execute(select(ApiKey.id).where(ApiKey.id == self.key_id).with_for_update())
+        else:
+            # SQLite: a write as the transaction's first statement takes the database's write lock before anything
+            # is read (waiting out the busy timeout), so no other writer can count between our count and insert.
+            await conn.execute(update(ApiKey).where(ApiKey.id == self.key_id)
+                               .values(max_concurrent=ApiKey.max_concurrent))
+        holds = (select(func.count()).select_from(DownloadHold)
+                 .where(DownloadHold.key_id == self.key_id, DownloadHold.expires_at > stamp).scalar_subquery())
+        jobs = (select(func.count()).select_from(Job)
+                .where(Job.owner_key == self.key_id, Job.state.in_(("queued", "running"))).scalar_subquery())
+        busy = int(await conn.scalar(select(holds + jobs)) or 0)
+        if busy >= self.most:
+            raise TooManyRequests(
+                f"the key {self.name!r} has {busy} downloads and jobs running, its limit; try again later",
+                headers=rate_limit_headers(self.most, 0))
+        if hold_id is not None:
+            await conn.execute(insert(DownloadHold).values(
+                id=hold_id, key_id=self.key_id, expires_at=stamp + timedelta(seconds=HOLD_LEASE_SECONDS)))
+        return busy
 
 
 @dataclass(frozen=True)
@@ -70,14 +114,15 @@ def released_on_error(hold: Hold | None) -> Iterator[None]:
 
 
 class Limits:
-    """Downloads in progress in this process, by key."""
+    """Downloads in progress in this process, by key, and their holds in the database (see KeyLimit)."""
 
-    def __init__(self, keys: Keys, unfinished_jobs: Callable[[str], Awaitable[int]], default_max_concurrent: int
-                 ) -> None:
+    def __init__(self, keys: Keys, engine: AsyncEngine, default_max_concurrent: int) -> None:
         self._keys = keys
-        self._unfinished_jobs = unfinished_jobs  # a key's queued and running jobs, which count against its limit
+        self._engine = engine  # the service's own database: api_keys, download_holds, jobs
         self._default = default_max_concurrent
         self._active: dict[str, int] = {}
+        self._holds: set[str] = set()  # the ids of this process's download holds, renewed by watch()
+        self._releasing: set[asyncio.Task[None]] = set()
         self._stopped: dict[str, asyncio.Event] = {}
         self.draining = False
         self._aborted = asyncio.Event()
@@ -86,25 +131,35 @@ class Limits:
         self._idle.set()
 
     async def admit(self, caller: Caller) -> Hold:
-        """A place for one more download or job of this caller. Raises ShuttingDown while draining, and
-        TooManyRequests when a key's downloads here and its unfinished jobs reach its max_concurrent."""
+        """A place for one more download of this caller. Raises ShuttingDown while draining, and TooManyRequests
+        when the key's downloads (in every process and replica) and unfinished jobs reach its max_concurrent."""
+        limit = self.limit_of(caller)
+        if limit is None:
+            return self._hold(None, None, asyncio.Event(), {})
+        # Places this process gave back are out of the table before it counts (a client's next request after its
+        # download ended must not find the place still taken).
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+        hold_id = secrets.token_hex(16)
+        async with self._engine.begin() as conn:
+            busy = await limit.take(conn, hold_id)
+        key_id = limit.key_id
+        self._active[key_id] = self._active.get(key_id, 0) + 1
+        self._holds.add(hold_id)
+        # The headers a 503 busy of this download carries: its place is given back with the refusal.
+        return self._hold(key_id, hold_id, self._stopped.setdefault(key_id, asyncio.Event()),
+                          rate_limit_headers(limit.most, limit.most - busy))
+
+    def limit_of(self, caller: Caller) -> KeyLimit | None:
+        """The caller's limit (None with auth off); raises ShuttingDown while draining."""
         if self.draining:
             raise ShuttingDown("the server is shutting down; try again (another replica will answer)")
         if caller.key_id is None:
-            return self._hold(None, asyncio.Event(), {})
-        most = caller.max_concurrent or self._default
-        busy = self._active.get(caller.key_id, 0) + await self._unfinished_jobs(caller.key_id)
-        if busy >= most:
-            raise TooManyRequests(
-                f"the key {caller.name!r} has {busy} downloads and jobs running, its limit; try again later",
-                headers=rate_limit_headers(most, 0))
-        key_id = caller.key_id
-        self._active[key_id] = self._active.get(key_id, 0) + 1
-        # The headers a 503 busy of this download carries: its place is given back with the refusal.
-        return self._hold(key_id, self._stopped.setdefault(key_id, asyncio.Event()),
-                          rate_limit_headers(most, most - busy))
+            return None
+        return KeyLimit(caller.key_id, caller.name or caller.key_id, caller.max_concurrent or self._default)
 
-    def _hold(self, key_id: str | None, stopped: asyncio.Event, rate_limit: Mapping[str, str]) -> Hold:
+    def _hold(self, key_id: str | None, hold_id: str | None, stopped: asyncio.Event,
+              rate_limit: Mapping[str, str]) -> Hold:
         self._in_flight += 1
         self._idle.clear()
         released = False
@@ -117,14 +172,39 @@ class Limits:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
-            if key_id is None:
+            if key_id is None or hold_id is None:
                 return
+            self._holds.discard(hold_id)
+            task = asyncio.get_running_loop().create_task(self._delete_hold(hold_id))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
             self._active[key_id] -= 1
             if not self._active[key_id]:
                 del self._active[key_id]
                 self._stopped.pop(key_id, None)
 
         return Hold(stopped, self._aborted, release, rate_limit)
+
+    async def _delete_hold(self, hold_id: str) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(DownloadHold).where(DownloadHold.id == hold_id))
+        except Exception:
+            log.exception("giving back a download's place failed; it lapses in %.0f s", HOLD_LEASE_SECONDS)
+
+    async def close(self) -> None:
+        """Wait for the places given back to be deleted (at shutdown, after the drain)."""
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+
+    async def _renew_holds(self) -> None:
+        """Extend this process's holds, and delete everyone's lapsed ones (a crashed process's)."""
+        stamp = datetime.now(UTC)
+        async with self._engine.begin() as conn:
+            if self._holds:
+                await conn.execute(update(DownloadHold).where(DownloadHold.id.in_(list(self._holds)))
+                                   .values(expires_at=stamp + timedelta(seconds=HOLD_LEASE_SECONDS)))
+            await conn.execute(delete(DownloadHold).where(DownloadHold.expires_at <= stamp))
 
     async def drain(self, seconds: float) -> None:
         """Refuse new downloads, give those in flight `seconds` to finish, then stop the rest (incomplete
@@ -144,6 +224,10 @@ class Limits:
         """Stop the downloads of keys that were revoked or expired; runs until cancelled."""
         while True:
             await asyncio.sleep(WATCH_SECONDS)
+            try:
+                await self._renew_holds()
+            except Exception:
+                log.exception("renewing the holds of running downloads failed")
             if not self._active:
                 continue
             try:

@@ -13,8 +13,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from exporter.access import sessions
 from exporter.access.grants import ANONYMOUS, Caller, caller_of
 from exporter.access.keys import Keys, refusal
+from exporter.access.throttle import FailedAuthThrottle
 from exporter.access.tokens import PREFIX, MalformedToken, parse_token, secret_matches
-from exporter.errors import InvalidCsrfToken, InvalidToken, MissingToken, TokenInUrl, error_response
+from exporter.errors import InvalidCsrfToken, InvalidToken, MissingToken, TokenInUrl, Unauthorized, error_response
 from exporter.models import ApiKey
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,14 @@ class RefuseTokensInUrls:
 
 
 class Authenticator:
-    """Finds the caller of a request. With auth off (`session_secret` None) everyone is ANONYMOUS."""
+    """Finds the caller of a request. With auth off (`session_secret` None) everyone is ANONYMOUS. Failures go
+    through `throttle` (see throttle.py), by the client's address."""
 
-    def __init__(self, keys: Keys, session_secret: bytes | None) -> None:
+    def __init__(self, keys: Keys, session_secret: bytes | None, throttle: FailedAuthThrottle) -> None:
         self.keys = keys
         self._secret = session_secret
+        self._sessions = sessions.Sessions(keys.engine)
+        self._throttle = throttle
 
     @property
     def enabled(self) -> bool:
@@ -58,24 +62,38 @@ class Authenticator:
         speak through a browser session's cookie instead: the same key, loaded afresh, with a CSRF token required
         on state-changing methods. Raises MissingToken, InvalidToken (malformed, mistyped, unknown key or wrong
         secret: all alike, and as slow whether the key exists or not; a session that is forged or over),
-        ExpiredToken, RevokedToken, InvalidCsrfToken. Sets request.state.caller (and, for a session, .csrf)."""
+        ExpiredToken, RevokedToken, InvalidCsrfToken; TooManyFailedAttempts instead of those 401s once the client's
+        address has failed too often. Sets request.state.caller (and, for a session, .csrf)."""
         if self._secret is None:
             return ANONYMOUS
+        try:
+            key = await self._key(request, self._secret)
+        except Unauthorized as error:
+            raise await self._throttle.refusal(_address(request), error) from None
+        await self.keys.touch(key.id, datetime.now(UTC))
+        caller = caller_of(key)
+        request.state.caller = caller
+        return caller
+
+    async def _key(self, request: Request, secret: bytes) -> ApiKey:
         header = request.headers.get("authorization")
         if not header:
             session = request.cookies.get(sessions.COOKIE)
             if session is None:
                 raise MissingToken("send an API key: Authorization: Bearer exp_…")
-            key = await self._session_key(request, self._secret, session)
-        else:
-            scheme, _, token = header.strip().partition(" ")
-            if scheme.lower() != "bearer":
-                raise InvalidToken("use the Bearer scheme: Authorization: Bearer exp_…")
-            key = await self.verify_token(token.strip())
-        await self.keys.touch(key.id, datetime.now(UTC))
-        caller = caller_of(key)
-        request.state.caller = caller
-        return caller
+            return await self._session_key(request, secret, session)
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise InvalidToken("use the Bearer scheme: Authorization: Bearer exp_…")
+        return await self.verify_token(token.strip())
+
+    async def sign_in(self, request: Request, token: str) -> ApiKey:
+        """The usable key of a token given to the sign-in form; a failure is throttled like a 401 (see
+        authenticate)."""
+        try:
+            return await self.verify_token(token)
+        except Unauthorized as error:
+            raise await self._throttle.refusal(_address(request), error) from None
 
     async def verify_token(self, token: str) -> ApiKey:
         """The usable key a token belongs to; raises InvalidToken, ExpiredToken or RevokedToken."""
@@ -88,10 +106,19 @@ class Authenticator:
             raise InvalidToken("unknown API key")
         return _usable(key)
 
-    def session_cookie(self, key_id: str, expires: int) -> str:
-        """A session cookie's value for a key that signed in (see sessions.session_value)."""
+    async def start_session(self, key_id: str, expires: int) -> str:
+        """A new live session for a key that signed in, until `expires` (Unix seconds): its cookie's value (see
+        sessions.session_value)."""
         assert self._secret is not None, "sessions exist only with auth on"
-        return sessions.session_value(self._secret, key_id, expires)
+        session_id = await self._sessions.start(key_id, expires)
+        return sessions.session_value(self._secret, key_id, session_id, expires)
+
+    async def end_session(self, session: str) -> None:
+        """End the session a cookie names, on every replica (its row goes); a forged or expired cookie names
+        none."""
+        named = None if self._secret is None else sessions.session_key(self._secret, session, time.time())
+        if named is not None:
+            await self._sessions.end(named[1])
 
     def require_csrf(self, request: Request) -> None:
         """For a request whose method is safe but which changes state all the same (a GET with `Prefer:
@@ -107,10 +134,11 @@ class Authenticator:
         return self._secret is not None and sessions.csrf_matches(self._secret, session, token)
 
     async def _session_key(self, request: Request, secret: bytes, session: str) -> ApiKey:
-        """The key a session cookie names, read now, so that a key revoked since sign-in ends its sessions at
-        once."""
-        key_id = sessions.session_key(secret, session, time.time())
-        key = None if key_id is None else await self.keys.find(key_id)
+        """The key a live session cookie names, read now, so that a key revoked since sign-in ends its sessions at
+        once; a session signed out (on any replica) is over."""
+        named = sessions.session_key(secret, session, time.time())
+        live = named is not None and await self._sessions.live(named[1], named[0])
+        key = await self.keys.find(named[0]) if named is not None and live else None
         if key is None:
             raise InvalidToken("your session has ended or is not valid: sign in again")
         key = _usable(key)
@@ -121,6 +149,10 @@ class Authenticator:
             raise InvalidCsrfToken("this request needs the page's CSRF token (X-CSRF-Token): reload the page")
         request.state.csrf = sessions.csrf_token(secret, session)
         return key
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _usable(key: ApiKey) -> ApiKey:

@@ -33,7 +33,7 @@ DEFAULT_PARQUET_ROW_GROUP_ROWS = 131_072  # memory holds about one row group of 
 JOB_SETTINGS = ("jobs_dir", "job_workers", "job_lease_seconds", "job_ttl_hours", "job_max_queued",
                 "job_progress_seconds", "sse_ping_seconds")
 AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format", "drain_seconds",
-                 "session_hours")
+                 "session_hours", "failed_auth_limit", "failed_auth_window_seconds", "failed_auth_delay_seconds")
 # Export formats; each also reads EXPORTER_<NAME> from the environment.
 FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
 # Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
@@ -78,6 +78,9 @@ class Settings:
     session_hours: float = 12.0  # a browser session (sign-in cookie) lasts this long
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a longer request body is refused with 413 body_too_large
     trusted_proxies: tuple[str, ...] = ()  # addresses and CIDRs whose X-Forwarded-For/-Proto count; none by default
+    failed_auth_limit: int = 20  # failed authentications per client address and window; beyond them, 429
+    failed_auth_window_seconds: float = 60.0  # the window those are counted in, from its first failure
+    failed_auth_delay_seconds: float = 1.0  # the wait before each failure's answer past half the limit
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -136,6 +139,11 @@ class Settings:
             session_hours=seconds("session_hours", data.get("session_hours", cls.session_hours)),
             max_body_bytes=whole("max_body_bytes", data.get("max_body_bytes", cls.max_body_bytes), 1),
             trusted_proxies=networks("trusted_proxies", data.get("trusted_proxies", cls.trusted_proxies)),
+            failed_auth_limit=whole("failed_auth_limit", data.get("failed_auth_limit", cls.failed_auth_limit), 1),
+            failed_auth_window_seconds=seconds("failed_auth_window_seconds", data.get(
+                "failed_auth_window_seconds", cls.failed_auth_window_seconds)),
+            failed_auth_delay_seconds=seconds("failed_auth_delay_seconds", data.get(
+                "failed_auth_delay_seconds", cls.failed_auth_delay_seconds)),
         )
 
     @classmethod

@@ -17,6 +17,7 @@ from sqlalchemy import exc, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from exporter.access.admission import KeyLimit
 from exporter.access.grants import NO_RESTRICTION, Restriction
 from exporter.config import Settings
 from exporter.errors import (
@@ -46,6 +47,7 @@ class JobRequest:
     params: Mapping[str, str]
     owner_key: str | None = None  # the key submitting it (None with auth off)
     restriction: Restriction = NO_RESTRICTION  # that key's on the dataset, applied when the job runs
+    limit: KeyLimit | None = None  # that key's limit, checked in the transaction that queues the job
 
     def digest(self) -> str:
         canonical = {"dataset": self.dataset, "format": self.format, "params": dict(self.params)}
@@ -67,7 +69,8 @@ class JobQueue:
 
     async def submit(self, request: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
         """The new queued job and True; or, for an Idempotency-Key seen before with the same request, that job
-        and False. Raises IdempotencyConflict (same key, other request) and TooManyJobs (queue full)."""
+        and False. Raises IdempotencyConflict (same key, other request), TooManyJobs (queue full) and
+        TooManyRequests (the request's key limit reached)."""
         digest = request.digest()
         if idempotency_key is not None:
             idempotency_key = f"{request.owner_key or ''}/{idempotency_key}"  # each key has its own
@@ -94,6 +97,8 @@ class JobQueue:
 
     async def _insert(self, request: JobRequest, digest: str, idempotency_key: str | None) -> Job:
         async with self.engine.begin() as conn:
+            if request.limit is not None:  # first: it locks the key's admissions until this job is committed
+                await request.limit.take(conn)
             queued = await conn.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0
             if queued >= self._settings.job_max_queued:
                 raise TooManyJobs(f"{queued} jobs are queued, the most there may be; try again later")
@@ -129,12 +134,6 @@ class JobQueue:
             query = query.where(Job.owner_key == owner)
         async with self.engine.connect() as conn:
             return [Job(**row._mapping) for row in await conn.execute(query)]
-
-    async def unfinished(self, owner: str) -> int:
-        """How many of this key's jobs are queued or running."""
-        async with self.engine.connect() as conn:
-            return await conn.scalar(select(func.count()).select_from(Job).where(
-                Job.owner_key == owner, Job.state.in_(("queued", "running")))) or 0
 
     async def delete(self, job_id: str, owner: str | None = None) -> Job:
         """DELETE /jobs/{id}: a queued or running job is cancelled (its worker stops within a progress interval);

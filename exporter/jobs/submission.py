@@ -73,12 +73,11 @@ class Submissions:
         if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise InvalidParameter("Idempotency-Key must be 1 to 255 visible ASCII characters",
                                    parameter="Idempotency-Key")
-        hold = await self._limits.admit(caller)  # refused at the key's limit; the job counts itself from now on
-        if hold is not None:
-            hold.release()
+        limit = self._limits.limit_of(caller)  # checked as the job is queued, in one step with its insert
         name = export.dataset.name
         job, created = await self._queue.submit(
-            JobRequest(name, export.format, dict(params), caller.key_id, caller.restriction(name)), idempotency_key)
+            JobRequest(name, export.format, dict(params), caller.key_id, caller.restriction(name), limit),
+            idempotency_key)
         record = ExportRecord(name, export.format, grouped(params), client_address, kind="job", key_name=caller.name,
                               resource=job.id)
         await write_log(self._log_engine, record, "completed", None)

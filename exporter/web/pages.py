@@ -48,12 +48,12 @@ async def sign_in(request: Request, settings: SettingsDep, authenticator: Authen
     form = await _form(request)
     token, next = form.get("token", ""), form.get("next", "/")
     try:
-        key = await authenticator.verify_token(token.strip())
+        key = await authenticator.sign_in(request, token.strip())
     except Unauthorized as error:
         return render(request, "sign_in.html", {"next": _local(next), "message": error.message},
                       status_code=error.status)
     expires = int(time.time() + settings.session_hours * 3600)
-    value = authenticator.session_cookie(key.id, expires)
+    value = await authenticator.start_session(key.id, expires)
     response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(sessions.COOKIE, value, max_age=int(settings.session_hours * 3600), path="/",
                         httponly=True, samesite="strict", secure=request.url.scheme == "https")
@@ -62,12 +62,14 @@ async def sign_in(request: Request, settings: SettingsDep, authenticator: Authen
 
 @router.post("/sign-out", response_class=HTMLResponse)
 async def sign_out(request: Request, settings: SettingsDep, authenticator: AuthenticatorDep) -> Response:
-    """Clear the session cookie. A cookie session must show its CSRF token (a form field here), so that another
-    site cannot sign the user out."""
+    """End the session (on every replica) and clear its cookie. A cookie session must show its CSRF token (a form
+    field here), so that another site cannot sign the user out."""
     session = request.cookies.get(sessions.COOKIE)
     csrf_token = (await _form(request)).get(sessions.CSRF_FIELD)
     if session is not None and authenticator.enabled and not authenticator.csrf_matches(session, csrf_token):
         raise InvalidCsrfToken("this sign-out did not come from the page: reload it and sign out again")
+    if session is not None:
+        await authenticator.end_session(session)
     response = RedirectResponse("/sign-in" if settings.auth != "off" else "/", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict",
                            secure=request.url.scheme == "https")

@@ -11,17 +11,19 @@ from exporter.web.rendering import format_bytes, format_count, format_seconds, w
 
 SECRET = b"s" * 32
 KEY = "0a1b2c3d4e5f60718293"
+SESSION = "5e5510" + "0" * 26
 
 
-def test_a_session_value_names_its_key_until_it_expires() -> None:
-    value = session_value(SECRET, KEY, 1_000)
-    assert session_key(SECRET, value, 999.0) == KEY
+def test_a_session_value_names_its_key_and_session_until_it_expires() -> None:
+    value = session_value(SECRET, KEY, SESSION, 1_000)
+    assert session_key(SECRET, value, 999.0) == (KEY, SESSION)
     assert session_key(SECRET, value, 1_000.0) is None
     assert session_key(b"t" * 32, value, 0.0) is None  # another database's secret
 
 
 @pytest.mark.parametrize("change", [
     lambda v: v.replace(".1000.", ".9999."),  # a later expiry
+    lambda v: v.replace(SESSION, "f" * 32),  # another session
     lambda v: "ff" + v,  # another key id
     lambda v: v[:-1] + ("0" if v[-1] != "0" else "1"),  # the signature
     lambda v: v + ".x",
@@ -29,12 +31,12 @@ def test_a_session_value_names_its_key_until_it_expires() -> None:
     lambda v: v.upper(),
 ])
 def test_a_changed_session_value_is_refused(change: object) -> None:
-    value = session_value(SECRET, KEY, 1_000)
+    value = session_value(SECRET, KEY, SESSION, 1_000)
     assert session_key(SECRET, change(value), 0.0) is None  # type: ignore[operator]
 
 
 def test_a_csrf_token_fits_only_its_own_session() -> None:
-    one, other = session_value(SECRET, KEY, 1_000), session_value(SECRET, KEY, 1_001)
+    one, other = session_value(SECRET, KEY, SESSION, 1_000), session_value(SECRET, KEY, "1" * 32, 1_000)
     token = csrf_token(SECRET, one)
     assert csrf_matches(SECRET, one, token)
     assert not csrf_matches(SECRET, other, token)
