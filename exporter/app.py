@@ -20,7 +20,8 @@ from exporter.access.throttle import FailedAuthThrottle
 from exporter.audit import record_refusal
 from exporter.config import Settings
 from exporter.downloads import Downloads
-from exporter.errors import ExportError, TooManyFailedAttempts, install_error_handlers
+from exporter.errors import ExportError, TooManyFailedAttempts
+from exporter.handlers import install_error_handlers
 from exporter.jobs.submission import Submissions
 from exporter.jobs.worker import run_jobs
 from exporter.logs import RequestIds

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "exporter"
 
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("exporter", "exporter.errors", "exporter.models", "exporter.metrics", "exporter.logs", "exporter.config"),
+    ("exporter", "exporter.errors", "exporter.handlers", "exporter.models", "exporter.metrics", "exporter.logs",
+     "exporter.config"),
     ("exporter.access", "exporter.exportlog", "exporter.audit"),
     ("exporter.sources",),
     ("exporter.formats",),
