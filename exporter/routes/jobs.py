@@ -15,7 +15,7 @@ from exporter.access.links import check_link, link_caller
 from exporter.downloads import client_address
 from exporter.export.request import export_media_type, prepare_export
 from exporter.exportlog import ExportRecord
-from exporter.jobs.events import TERMINAL
+from exporter.jobs.events import TERMINAL, parse_event_id
 from exporter.jobs.queue import JobQueue
 from exporter.jobs.results import result_target
 from exporter.jobs.submission import JobSubmission
@@ -70,8 +70,8 @@ async def delete_job(job_id: str, jobs: JobsDep, caller: CallerDep) -> Response:
 async def job_events(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep, caller: CallerDep,
                      last_event_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
     """The job's event stream (WHATWG Server-Sent Events), resumable with Last-Event-ID or ?last_event_id=."""
-    header = request.headers.get("last-event-id", "").strip()
-    after = int(header) if header.isdigit() else last_event_id
+    after = parse_event_id(request.headers.get("last-event-id"))
+    after = last_event_id if after is None else after
     job = await jobs.get(job_id, _owner(caller))
     if job.state in TERMINAL and after is not None and after >= job.last_event_id:
         return Response(status_code=204)  # it has seen the end: 204 tells EventSource to stop reconnecting

@@ -176,8 +176,13 @@ def _entity_tags(value: str) -> set[str]:
 
 
 def _http_date(value: str) -> int | None:
-    parsed = parsedate_tz(value)
-    return None if parsed is None else mktime_tz(parsed)
+    """Unix seconds, or None for what is not a date: parsedate_tz takes `99999999999` as a year and any offset,
+    and mktime_tz then overflows."""
+    try:
+        parsed = parsedate_tz(value)
+        return None if parsed is None else mktime_tz(parsed)
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 async def list_directory(target: Target) -> dict[str, Any]:

@@ -78,7 +78,10 @@ def _same_origin(request: Request) -> bool:
     """Whether a form POST comes from a page of this site: browsers send Origin with every POST, so another site
     cannot sign a visitor in with its own key (login CSRF). A client that sends no Origin is not a browser page."""
     origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+    try:
+        return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+    except ValueError:  # urlsplit refuses an unclosed IPv6 bracket (`http://[`): not our page either
+        return False
 
 
 async def _form(request: Request) -> dict[str, str]:
