@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from exporter.access.authentication import refuse_tokens_in
 from exporter.access.grants import Caller, require
 from exporter.access.links import check_link, link_caller
 from exporter.downloads import client_address
@@ -40,6 +41,7 @@ async def create_job(submission: JobSubmission, request: Request, catalog: Catal
                      submissions: SubmissionsDep) -> Response:
     require(caller, "dataset", submission.dataset)
     params = list(submission.params.items())
+    refuse_tokens_in(params)
     export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,
                                   caller.restriction(submission.dataset))
     return await submissions.submit(caller, export, params, request.headers.get("idempotency-key"),
