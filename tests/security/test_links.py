@@ -13,7 +13,6 @@ import pytest
 from tests.conftest import Database
 from tests.helpers import bearer, create_key, wait_for
 from tests.jobs.test_jobs import TERMINAL
-from tests.security.conftest import secured  # noqa: F401 (fixture)
 from tests.servers import ServerThread
 
 
