@@ -116,3 +116,13 @@ def test_a_sign_in_with_an_unreadable_origin_is_403_not_a_500(
     token = create_key(pg, "analyst", "dataset:orders")
     response = httpx.post(f"{server.url}/sign-in", data={"token": token}, headers={"Origin": origin.encode()})
     assert (response.status_code, response.json()["error"]["code"]) == (403, "forbidden")
+
+
+@pytest.mark.parametrize("query", ["limit=" + "1" * 5000, "limit=%C2%B2", "after=" + "1" * 5000, "after=%C2%B2"])
+def test_a_number_in_the_query_with_too_many_or_unicode_digits_is_400(
+    pg: Database, secured: Callable[..., ServerThread], query: str
+) -> None:
+    server = secured()
+    token = create_key(pg, "analyst", "dataset:orders")
+    response = httpx.get(f"{server.url}/exports/orders.csv?{query}", headers=bearer(token))
+    assert response.status_code == 400, response.text
