@@ -22,8 +22,8 @@ EVENT_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() and int() a
 
 
 def parse_event_id(header: str | None) -> int | None:
-    """A Last-Event-ID header's event number, or None for anything that is not one we could have sent (it is then
-    ignored, as the WHATWG spec lets a server do): not ASCII digits, or past MAX_EVENT_ID."""
+    """A Last-Event-ID header's event number, or None (the header is then ignored, as a non-number always was) for
+    anything that is not one we could have sent: not ASCII digits, or past MAX_EVENT_ID."""
     value = (header or "").strip()
     if not EVENT_ID.fullmatch(value) or int(value) > MAX_EVENT_ID:
         return None
