@@ -8,6 +8,8 @@ from typing import ClassVar
 
 from fastapi.responses import JSONResponse
 
+from exporter.redaction import redact_tokens, redacted
+
 
 class ExportError(Exception):
     """An error with a status; raised by stages before the first body byte, turned into JSON by the handler.
@@ -220,7 +222,8 @@ class LinkExpired(ExportError):
 
 
 class TokenInUrl(ExportError):
-    """A token in the query string would end up in logs; it is refused before anything else."""
+    """A token in the URL (query or path) or in a job's parameters would end up in logs; it is refused before
+    anything else."""
 
 
 class TooManyRequests(ExportError):
@@ -281,9 +284,10 @@ class ConfigError(Exception):
 
 
 def error_body(code: str, message: str, parameter: str | None = None) -> dict[str, dict[str, str]]:
-    error = {"code": code, "message": message}
+    """The one error shape; a message or parameter that echoes a request never echoes a token (see redaction)."""
+    error = {"code": code, "message": redact_tokens(message)}
     if parameter is not None:
-        error["parameter"] = parameter
+        error["parameter"] = redacted(parameter)
     return {"error": error}
 
 

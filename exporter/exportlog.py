@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exporter import logs, metrics
 from exporter.errors import Busy
 from exporter.models import ExportLogEntry
+from exporter.redaction import redact_parameters, redact_tokens, redacted
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,9 @@ def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, error: str | None) -> None:
-    """Count the download in the metrics and insert its log row; a failure here is logged, never raised into
-    the response."""
+    """Count the download in the metrics and insert its log row, its parameters, resource and error redacted (see
+    redaction: a token never reaches the export or audit log); a failure here is logged, never raised into the
+    response."""
     duration = time.monotonic() - record.started
     metrics.count_download(record.kind, record.dataset, record.format, outcome, record.bytes, record.rows, duration)
     try:
@@ -119,17 +121,17 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
                     started_at=record.started_at,
                     dataset=record.dataset,
                     format=record.format,
-                    parameters=record.parameters,
+                    parameters=redact_parameters(record.parameters),
                     outcome=outcome,
                     path=record.path,
                     rows=record.rows,
                     bytes=record.bytes,
                     duration_seconds=duration,
                     client_address=record.client_address,
-                    error=error,
+                    error=None if error is None else redact_tokens(error),
                     kind=record.kind,
                     key_name=record.key_name,
-                    resource=record.resource,
+                    resource=None if record.resource is None else redacted(record.resource),
                     request_id=record.request_id,
                 )
             )

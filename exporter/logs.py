@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from exporter.redaction import contains_token, redact_tokens, redacted
+
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 access_log = logging.getLogger("exporter.access")
@@ -48,7 +50,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        return redact_tokens(orjson.dumps(line, default=str).decode())  # a last line of defence: see redaction
 
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators: anything a terminal or a log shipper may
@@ -80,7 +82,7 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", {})
         if fields:
             text += " " + " ".join(escape_controls(f"{k}={v}") for k, v in fields.items())
-        return text
+        return redact_tokens(text)
 
 
 def _indented(text: str) -> str:
@@ -121,7 +123,8 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        # A token fits REQUEST_ID's alphabet, and the id is on every log line and audit row: never keep one.
+        rid = incoming if REQUEST_ID.fullmatch(incoming) and not contains_token(incoming) else uuid.uuid4().hex
         token = request_id.set(rid)
         started = time.monotonic()
         sent = {"status": 0, "bytes": 0, "complete": False}
@@ -143,15 +146,16 @@ class RequestIds:
             outcome = "failed"
             if not sent["status"]:
                 raise
-            log.error("%s %s failed after %d body bytes: %s", scope["method"], scope["path"], sent["bytes"],
+            log.error("%s %s failed after %d body bytes: %s", scope["method"], redacted(scope["path"]), sent["bytes"],
                       _cause(exc))
             raise AbortedTransfer(str(exc)) from None
         finally:
             caller = scope.get("state", {}).get("caller")
-            query_names = sorted({part.split(b"=")[0].decode("latin-1")
+            query_names = sorted({redacted(part.split(b"=")[0].decode("latin-1"))
                                   for part in scope.get("query_string", b"").split(b"&") if part})
-            access_log.info("%s %s %s", scope["method"], scope["path"], sent["status"], extra={"fields": {
-                "method": scope["method"], "path": scope["path"], "query": query_names, "status": sent["status"],
+            path = redacted(scope["path"])
+            access_log.info("%s %s %s", scope["method"], path, sent["status"], extra={"fields": {
+                "method": scope["method"], "path": path, "query": query_names, "status": sent["status"],
                 "bytes": sent["bytes"], "duration_seconds": round(time.monotonic() - started, 4),
                 "key": getattr(caller, "name", None), "outcome": outcome}})
             request_id.reset(token)

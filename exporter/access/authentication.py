@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,6 +18,7 @@ from exporter.access.throttle import FailedAuthThrottle
 from exporter.access.tokens import PREFIX, MalformedToken, parse_token, secret_matches
 from exporter.errors import InvalidCsrfToken, InvalidToken, MissingToken, TokenInUrl, Unauthorized, error_response
 from exporter.models import ApiKey
+from exporter.redaction import contains_token
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +27,39 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RefuseTokensInUrls:
-    """ASGI middleware: 400 token_in_url for a query string that carries `access_token=` or any value starting
-    with `exp_`, before routing, on every path."""
+    """ASGI middleware: 400 token_in_url, before routing, on every path, for a URL that carries a token: a query
+    parameter named `access_token`, a value starting with `exp_`, a token's shape anywhere in the query (a name,
+    a list element, after a space; percent-decoded once or twice), or in the path (`;access_token=…` path
+    parameters, a token as a segment). The answer never echoes it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("query_string"):
-            query = scope["query_string"].decode("latin-1")
-            if any(name == TOKEN_PARAMETER or value.startswith(PREFIX)
-                   for name, value in parse_qsl(query, keep_blank_values=True)):
-                error = TokenInUrl("send the token in the Authorization header (Bearer), never in the URL: "
-                                   "URLs are written to logs; revoke a token that was sent this way")
-                await error_response(error)(scope, receive, send)
-                return
+        if scope["type"] == "http" and token_in_url(scope):
+            error = TokenInUrl("send the token in the Authorization header (Bearer), never in the URL: "
+                               "URLs are written to logs; revoke a token that was sent this way")
+            await error_response(error)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def token_in_url(scope: Scope) -> bool:
+    query = scope.get("query_string", b"").decode("latin-1")
+    if contains_token(query) or any(name == TOKEN_PARAMETER or value.startswith(PREFIX)
+                                    for name, value in parse_qsl(query, keep_blank_values=True)):
+        return True
+    paths = (scope.get("path", ""), scope.get("raw_path", b"").decode("latin-1"))
+    return any(contains_token(path) or f";{TOKEN_PARAMETER}=" in unquote(path).lower() for path in paths)
+
+
+def refuse_tokens_in(parameters: Iterable[tuple[str, str]]) -> None:
+    """Raises TokenInUrl for parameters that hold a token (a job's, sent in a body): what the same parameters
+    would get in an export's URL, so that no job stores one."""
+    if any(contains_token(name) or contains_token(value) or value.startswith(PREFIX)
+           for name, value in parameters):
+        raise TokenInUrl("a parameter holds an API token: send the token in the Authorization header only, "
+                         "and revoke a token that was sent this way")
 
 
 class Authenticator:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from datetime import UTC, datetime
 
 from exporter.access.grants import ANONYMOUS, Caller, caller_of
 from exporter.access.keys import Keys, refusal
 from exporter.errors import Forbidden, LinkExpired, RevokedToken
+
+# Unix seconds as the link was made: ASCII digits only (str.isdigit() and int() also take '²' or '٣', and int()
+# refuses more than 4,300 digits), and 12 at most, which is past the year 30000.
+EXPIRES = re.compile(r"[0-9]{1,12}")
 
 
 def sign_link(secret: bytes, job_id: str, expires: int) -> str:
@@ -24,8 +29,11 @@ def link_query(secret: bytes, job_id: str, ttl_seconds: float) -> str:
 
 
 def check_link(secret: bytes, job_id: str, expires: str, signature: str) -> None:
-    """Raises Forbidden for a signature that does not match, LinkExpired for one whose time has passed."""
-    if not expires.isdigit() or not hmac.compare_digest(sign_link(secret, job_id, int(expires)), signature):
+    """Raises Forbidden for a signature that does not match (or an `expires` or `signature` that is not what a
+    link holds, whatever its characters), LinkExpired for one whose time has passed."""
+    # compare_digest takes str only when both are ASCII: compare the bytes, so that 'é' is a mismatch, not a 500.
+    if not EXPIRES.fullmatch(expires) or not hmac.compare_digest(
+            sign_link(secret, job_id, int(expires)).encode(), signature.encode("utf-8", "replace")):
         raise Forbidden("this link is not valid for this result")
     if int(expires) < time.time():
         raise LinkExpired("this link has expired: fetch the job again for a fresh one")

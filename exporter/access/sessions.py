@@ -54,7 +54,10 @@ def csrf_token(secret: bytes, value: str) -> str:
 
 
 def csrf_matches(secret: bytes, value: str, token: str | None) -> bool:
-    return token is not None and hmac.compare_digest(csrf_token(secret, value), token)
+    """Constant-time, on bytes: compare_digest raises TypeError for a str that is not ASCII (a header or form
+    field can hold any character), which must be a mismatch, not a 500."""
+    return token is not None and hmac.compare_digest(csrf_token(secret, value).encode(),
+                                                     token.encode("utf-8", "replace"))
 
 
 class Sessions:

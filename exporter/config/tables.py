@@ -60,6 +60,8 @@ class UpstreamConfig:
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0  # waiting for the answer, and for each read of its body
     max_concurrent_relays: int = 32
+    # Whether its answers may show inline (its own Content-Disposition kept); they are still sandboxed (CSP).
+    inline: bool = False
 
 
 def source_url(name: str, table: Mapping[str, Any], environ: Mapping[str, str]) -> str:
@@ -126,7 +128,7 @@ def _file_root(name: str, value: Any) -> FileRootConfig:
 
 
 def upstreams(upstreams: Any, environ: Mapping[str, str]) -> dict[str, UpstreamConfig]:
-    """`[upstreams.NAME]` tables: base_url, headers, forward_headers, timeouts, max_concurrent_relays."""
+    """`[upstreams.NAME]` tables: base_url, headers, forward_headers, timeouts, max_concurrent_relays, inline."""
     if not isinstance(upstreams, Mapping) or not all(isinstance(t, Mapping) for t in upstreams.values()):
         raise ConfigError("[upstreams] must hold one table per upstream: [upstreams.NAME] with a `base_url`")
     return {name: _upstream(name, table, environ) for name, table in upstreams.items()}
@@ -136,7 +138,7 @@ def _upstream(name: str, table: Mapping[str, Any], environ: Mapping[str, str]) -
     if not ROOT_NAME.fullmatch(name):
         raise ConfigError(f"upstream {name!r}: names are letters, digits, '_', '.' and '-'")
     known = {"base_url", "headers", "forward_headers", "connect_timeout_seconds", "read_timeout_seconds",
-             "max_concurrent_relays"}
+             "max_concurrent_relays", "inline"}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"upstream {name}: unknown keys {', '.join(sorted(unknown))}")
@@ -145,6 +147,8 @@ def _upstream(name: str, table: Mapping[str, Any], environ: Mapping[str, str]) -
     forward = table.get("forward_headers", list(DEFAULT_FORWARD_HEADERS))
     if not isinstance(forward, list | tuple) or not all(isinstance(h, str) for h in forward):
         raise ConfigError(f"upstream {name}: `forward_headers` must be a list of header names")
+    if not isinstance(table.get("inline", False), bool):
+        raise ConfigError(f"upstream {name}: `inline` must be true or false")
     where = f"upstream {name}"
     return UpstreamConfig(
         name=name,
@@ -157,6 +161,7 @@ def _upstream(name: str, table: Mapping[str, Any], environ: Mapping[str, str]) -
                                       table.get("read_timeout_seconds", UpstreamConfig.read_timeout_seconds)),
         max_concurrent_relays=whole(f"{where}: max_concurrent_relays",
                                      table.get("max_concurrent_relays", UpstreamConfig.max_concurrent_relays), 1),
+        inline=table.get("inline", False),
     )
 
 

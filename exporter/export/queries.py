@@ -152,7 +152,8 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
 
     limit: int | None = None
     if "limit" in single:
-        if not re.fullmatch(r"[0-9]+", single["limit"]) or int(single["limit"]) > _INT64[1]:
+        # At most 19 digits: int() refuses more than 4,300 with a ValueError, which would be a 500.
+        if not re.fullmatch(r"[0-9]{1,19}", single["limit"]) or int(single["limit"]) > _INT64[1]:
             raise InvalidParameter("limit must be a whole number, 0 or more", parameter="limit")
         limit = int(single["limit"])
     if restriction.max_rows is not None and (limit is None or limit > restriction.max_rows):

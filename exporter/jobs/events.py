@@ -3,6 +3,7 @@ back as its event stream; and the queue positions every queued job is told about
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,17 @@ from exporter.jobs.views import progress_json
 from exporter.models import Job, JobEvent
 
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
+MAX_EVENT_ID = 2**31 - 1  # jobs.last_event_id is an INTEGER
+EVENT_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() and int() also take '²' and '٣'
+
+
+def parse_event_id(header: str | None) -> int | None:
+    """A Last-Event-ID header's event number, or None (the header is then ignored, as a non-number always was) for
+    anything that is not one we could have sent: not ASCII digits, or past MAX_EVENT_ID."""
+    value = (header or "").strip()
+    if not EVENT_ID.fullmatch(value) or int(value) > MAX_EVENT_ID:
+        return None
+    return int(value)
 
 
 class JobEvents:

@@ -10,12 +10,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from exporter.access.authentication import refuse_tokens_in
 from exporter.access.grants import Caller, require
 from exporter.access.links import check_link, link_caller
 from exporter.downloads import client_address
 from exporter.export.request import export_media_type, prepare_export
 from exporter.exportlog import ExportRecord
-from exporter.jobs.events import TERMINAL
+from exporter.jobs.events import TERMINAL, parse_event_id
 from exporter.jobs.queue import JobQueue
 from exporter.jobs.results import result_target
 from exporter.jobs.submission import SUBMISSION_BODY, read_submission
@@ -41,6 +42,7 @@ async def create_job(request: Request, catalog: CatalogDep, caller: CallerDep, s
     submission = await read_submission(request)
     require(caller, "dataset", submission.dataset)
     params = list(submission.params.items())
+    refuse_tokens_in(params)
     export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,
                                   caller.restriction(submission.dataset))
     return await submissions.submit(caller, export, params, request.headers.get("idempotency-key"),
@@ -71,8 +73,8 @@ async def delete_job(job_id: str, jobs: JobsDep, caller: CallerDep) -> Response:
 async def job_events(job_id: str, request: Request, jobs: JobsDep, settings: SettingsDep, caller: CallerDep,
                      last_event_id: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None) -> Response:
     """The job's event stream (WHATWG Server-Sent Events), resumable with Last-Event-ID or ?last_event_id=."""
-    header = request.headers.get("last-event-id", "").strip()
-    after = int(header) if header.isdigit() else last_event_id
+    after = parse_event_id(request.headers.get("last-event-id"))
+    after = last_event_id if after is None else after
     job = await jobs.get(job_id, _owner(caller))
     if job.state in TERMINAL and after is not None and after >= job.last_event_id:
         return Response(status_code=204)  # it has seen the end: 204 tells EventSource to stop reconnecting

@@ -30,6 +30,10 @@ COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", 
 
 # A file may change, so caches keep it but revalidate with its ETag (a job's result too).
 REVALIDATE = {"Cache-Control": "no-cache"}
+# On everything served from a file, an export or an upstream: a file's HTML or SVG opened from a link must not run
+# as a page of this origin (where it could read a page's CSRF token), nor may a browser sniff text into HTML. With
+# Content-Disposition: attachment (see responses.content_disposition) it is saved, not shown.
+SANDBOX = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ async def resolve(roots: Mapping[str, FileRootConfig], root_name: str, path: str
 def safe_segments(path: str) -> list[str]:
     """The names in a relative path already percent-decoded once (a trailing slash dropped): the rule that keeps
     `/files` inside its root and `/proxy` under its base URL. Raises InvalidPath for a NUL, a backslash, a
-    leading slash (`//host`, `%2fetc`), or an empty, `.` or `..` segment."""
+    leading slash (`//host`, `%2fetc`), or an empty, `.` or `..` segment, with or without `;` parameters."""
     if "\x00" in path:
         raise InvalidPath("the path contains a NUL byte")
     if "\\" in path:
@@ -107,9 +111,15 @@ def safe_segments(path: str) -> list[str]:
     if path.startswith("/"):
         raise InvalidPath("the path must not start with '/'")
     segments = path.removesuffix("/").split("/") if path else []
-    if any(segment in ("", ".", "..") for segment in segments):
-        raise InvalidPath("the path has an empty, '.' or '..' segment")
+    if any(is_dot_segment(segment) for segment in segments):
+        raise InvalidPath("the path has an empty, '.' or '..' segment, or one with ';' parameters (`..;x`)")
     return segments
+
+
+def is_dot_segment(segment: str) -> bool:
+    """Whether a segment is empty, `.` or `..`, also once its path parameters are dropped, as Tomcat, Jetty and
+    Spring drop them (`..;x` is `..` to them, RFC 3986 §3.3 allows `;` parameters in any segment)."""
+    return segment.partition(";")[0] in ("", ".", "..")
 
 
 def _servable(root: FileRootConfig, path: Path, segments: list[str]) -> tuple[Path, os.stat_result] | None:
@@ -166,8 +176,13 @@ def _entity_tags(value: str) -> set[str]:
 
 
 def _http_date(value: str) -> int | None:
-    parsed = parsedate_tz(value)
-    return None if parsed is None else mktime_tz(parsed)
+    """Unix seconds, or None for what is not a date: parsedate_tz takes `99999999999` as a year and any offset,
+    and mktime_tz then overflows."""
+    try:
+        parsed = parsedate_tz(value)
+        return None if parsed is None else mktime_tz(parsed)
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 async def list_directory(target: Target) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from exporter.errors import (
     UpstreamUnreachable,
 )
 from exporter.metrics import UPSTREAM_ERRORS
-from exporter.serving.files import safe_segments
+from exporter.serving.files import SANDBOX, is_dot_segment, safe_segments
 from exporter.serving.transport import UpstreamTransport
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,17 @@ def upstream_url(upstream: Upstream, path: str, query: bytes) -> httpx.URL:
     """The base URL joined with `path` (percent-decoded once, by the server) and the raw `query`.
 
     Raises InvalidPath for anything that could leave the base URL's path: what safe_segments refuses (NUL,
-    backslash, leading slash, empty, `.` or `..` segments), a first segment that reads as a scheme (`http:`),
-    and a segment that decodes once more into `.`, `..`, a slash, a backslash or NUL (`%252e%252e`), for an
-    upstream that decodes twice. Each segment is percent-encoded again for the upstream; a trailing slash is kept.
+    backslash, leading slash, empty, `.` or `..` segments, also with path parameters: `..;x`), a first segment
+    that reads as a scheme (`http:`), and a segment that decodes once more into one of those, a slash, a
+    backslash or NUL (`%252e%252e`, `..%253b`), for an upstream that decodes twice. Each segment is
+    percent-encoded again for the upstream; a trailing slash is kept.
     """
     segments = safe_segments(path)
     if segments and SCHEME.match(segments[0]):
         raise InvalidPath("the path starts like a URL scheme")
     for segment in segments:
         twice = unquote(segment)
-        if twice != segment and (twice in (".", "..") or any(c in twice for c in "/\\\x00")):
+        if twice != segment and (is_dot_segment(twice) or any(c in twice for c in "/\\\x00")):
             raise InvalidPath("the path has a percent-encoded '.', '..', '/', '\\' or NUL segment")
     raw_path = upstream.base_path + "/" + "/".join(quote(segment, safe=SEGMENT_SAFE) for segment in segments)
     if segments and path.endswith("/"):
@@ -150,7 +151,17 @@ def relayed_headers(upstream: Upstream, response: httpx.Response, proxy_prefix: 
     if 300 <= response.status_code < 400 and response.status_code != 304 and location is not None:
         headers["location"] = proxy_location(upstream, response.url, location, proxy_prefix)
     headers["x-accel-buffering"] = "no"  # nginx-like proxies in front must not buffer an event stream
+    # An upstream's HTML or SVG would otherwise run as a page of this origin (see files.SANDBOX).
+    headers.update((name.lower(), value) for name, value in SANDBOX.items())
+    if not upstream.config.inline:
+        headers["content-disposition"] = as_attachment(headers.get("content-disposition"))
     return headers
+
+
+def as_attachment(disposition: str | None) -> str:
+    """An upstream's Content-Disposition with its type made `attachment`, its parameters (a filename) kept."""
+    parameters = disposition.partition(";")[2].strip() if disposition else ""
+    return f"attachment; {parameters}" if parameters else "attachment"
 
 
 def proxy_location(upstream: Upstream, request_url: httpx.URL, location: str, proxy_prefix: str) -> str:

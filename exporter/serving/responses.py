@@ -16,21 +16,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exporter.access.admission import Hold
 from exporter.errors import ExportError, error_response
 from exporter.serving.filechunks import iter_file_chunks
-from exporter.serving.files import Target, if_range_holds, is_not_modified
+from exporter.serving.files import SANDBOX, Target, if_range_holds, is_not_modified
 from exporter.serving.ranges import parse_range, range_body
 
 log = logging.getLogger(__name__)
 
 
-def download_headers(filename: str, media_type: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def content_disposition(filename: str) -> str:
+    """`attachment` with the file's name: ASCII in `filename`, and the exact name in `filename*` if it is not
+    ASCII (RFC 6266 §4.3)."""
     # A quote, backslash or control character would end or break the quoted-string (RFC 9110 §5.6.4).
     ascii_name = re.sub(r'[\x00-\x1f\x7f"\\]', "_", filename.encode("ascii", "replace").decode())
     disposition = f'attachment; filename="{ascii_name}"'
     if ascii_name != filename:
-        disposition += f"; filename*=UTF-8''{quote(filename)}"  # RFC 6266 §4.3
+        disposition += f"; filename*=UTF-8''{quote(filename)}"
+    return disposition
+
+
+def download_headers(filename: str, media_type: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {
         "Content-Type": media_type,
-        "Content-Disposition": disposition,
+        "Content-Disposition": content_disposition(filename),
+        **SANDBOX,
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",  # tell nginx-like proxies not to buffer the stream
         **(extra or {}),
@@ -62,7 +69,8 @@ def file_response(request: Request, target: Target, chunk_bytes: int, extra: Map
     if is_not_modified(target, request.headers.get("if-none-match"), request.headers.get("if-modified-since")):
         if hold is not None:
             hold.release()
-        return Response(status_code=304, headers={**validators, **extra})
+        return Response(status_code=304, headers={**validators, **extra, **SANDBOX,
+                                                  "Content-Disposition": content_disposition(target.name)})
     content_type = content_type or target.content_type
     spans = None
     if request.method == "GET" and if_range_holds(target, request.headers.get("if-range")):

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from exporter.access import sessions
+from exporter.audit import record_refusal
 from exporter.errors import DatabaseUnavailable, DatasetUnavailable, Forbidden, InvalidCsrfToken, Unauthorized
 from exporter.export.cursor import estimate_rows
 from exporter.export.request import prepare_export
 from exporter.formats import FORMATS
-from exporter.services import AuthenticatorDep, CallerDep, CatalogDep, SettingsDep
+from exporter.services import AuthenticatorDep, CallerDep, CatalogDep, ServicesDep, SettingsDep
 from exporter.web.rendering import render
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -39,8 +40,10 @@ async def sign_in_page(request: Request, settings: SettingsDep, next: str | None
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
-async def sign_in(request: Request, settings: SettingsDep, authenticator: AuthenticatorDep) -> Response:
-    """Exchange an API key for a session cookie that names the key (the token itself is never stored in it)."""
+async def sign_in(request: Request, settings: SettingsDep, authenticator: AuthenticatorDep,
+                  services: ServicesDep) -> Response:
+    """Exchange an API key for a session cookie that names the key (the token itself is never stored in it). A
+    failed attempt is audited as a `denied` row, without the token it sent."""
     if settings.auth == "off":
         return RedirectResponse("/", status_code=303)
     if not _same_origin(request):
@@ -50,6 +53,7 @@ async def sign_in(request: Request, settings: SettingsDep, authenticator: Authen
     try:
         key = await authenticator.sign_in(request, token.strip())
     except Unauthorized as error:
+        await record_refusal(services.engine, request, error)
         return render(request, "sign_in.html", {"next": _local(next), "message": error.message},
                       status_code=error.status)
     expires = int(time.time() + settings.session_hours * 3600)
@@ -80,7 +84,10 @@ def _same_origin(request: Request) -> bool:
     """Whether a form POST comes from a page of this site: browsers send Origin with every POST, so another site
     cannot sign a visitor in with its own key (login CSRF). A client that sends no Origin is not a browser page."""
     origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+    try:
+        return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+    except ValueError:  # urlsplit refuses an unclosed IPv6 bracket (`http://[`): not our page either
+        return False
 
 
 async def _form(request: Request) -> dict[str, str]:

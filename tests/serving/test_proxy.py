@@ -215,6 +215,7 @@ def test_response_headers_are_allow_listed_without_hop_by_hop_cookies_or_credent
         "last-modified": "Tue, 14 Nov 2023 22:13:20 GMT", "cache-control": "max-age=60", "vary": "Accept",
         "content-disposition": 'attachment; filename="echo.json"', "content-language": "en",
         "x-accel-buffering": "no", "connection": "close",  # uvicorn's answer to our Connection: close
+        "content-security-policy": "sandbox", "x-content-type-options": "nosniff",  # ours: never active content
     }
     assert TOKEN not in json.dumps(headers)
 

@@ -146,7 +146,7 @@ def test_relayed_headers_keep_the_allow_list_and_drop_hop_by_hop_cookies_and_cre
         "content-type": "text/csv", "content-length": "10", "last-modified": "x", "accept-ranges": "bytes",
         "cache-control": "private, max-age=5", "vary": "Accept", "content-encoding": "gzip",
         "content-disposition": "attachment", "expires": "0", "retry-after": "3", "content-language": "en",
-        "x-accel-buffering": "no",
+        "x-accel-buffering": "no", "content-security-policy": "sandbox", "x-content-type-options": "nosniff",
     }
 
 
@@ -161,7 +161,8 @@ def test_a_header_the_service_adds_is_never_relayed_back_even_if_allow_listed() 
 @pytest.mark.parametrize("status", [204, 304])
 def test_an_answer_without_a_body_relays_no_content_length(store: Upstream, status: int) -> None:
     headers = relayed_headers(store, answer(status, [("Content-Length", "10"), ("ETag", '"e"')]), "/p/")
-    assert headers == {"etag": '"e"', "x-accel-buffering": "no"}
+    assert headers == {"etag": '"e"', "x-accel-buffering": "no", "content-disposition": "attachment",
+                       "content-security-policy": "sandbox", "x-content-type-options": "nosniff"}
 
 
 @pytest.mark.parametrize(
