@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,12 +43,15 @@ def now() -> datetime:
 class JobRequest:
     dataset: str
     format: str
-    params: Mapping[str, str]
+    params: Sequence[tuple[str, str]]  # in the request's order; a filter may repeat (they are ANDed)
     owner_key: str | None = None  # the key submitting it (None with auth off)
     restriction: Restriction = NO_RESTRICTION  # that key's on the dataset, applied when the job runs
 
     def digest(self) -> str:
-        canonical = {"dataset": self.dataset, "format": self.format, "params": dict(self.params)}
+        names = [name for name, _ in self.params]
+        # Without repeats, the object digested before params were pairs, so earlier Idempotency-Keys still match.
+        params = dict(self.params) if len(set(names)) == len(names) else sorted(self.params)
+        canonical = {"dataset": self.dataset, "format": self.format, "params": params}
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -98,7 +101,8 @@ class JobQueue:
             if queued >= self._settings.job_max_queued:
                 raise TooManyJobs(f"{queued} jobs are queued, the most there may be; try again later")
             job = Job(id=secrets.token_urlsafe(16), dataset=request.dataset, format=request.format,
-                      params=dict(request.params), state="queued", rows=0, bytes=0, created_at=now(), attempt=0,
+                      params=[list(pair) for pair in request.params], state="queued", rows=0, bytes=0,
+                      created_at=now(), attempt=0,
                       idempotency_key=idempotency_key, request_digest=digest, last_event_id=2,
                       owner_key=request.owner_key, restriction=request.restriction.as_json())
             await conn.execute(insert(Job).values({c.key: getattr(job, c.key) for c in _COLUMNS}))

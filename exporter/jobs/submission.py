@@ -27,7 +27,11 @@ class JobSubmission(BaseModel):
 
     dataset: str
     format: Annotated[str, Field(json_schema_extra={"enum": list(EXPORT_FORMATS)})]
-    params: dict[str, str] = {}
+    # An object, or a list of [name, value] pairs, which can repeat a filter as a query string can.
+    params: dict[str, str] | list[tuple[str, str]] = {}
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(self.params.items()) if isinstance(self.params, dict) else list(self.params)
 
     @field_validator("format")
     @classmethod
@@ -62,7 +66,7 @@ class Submissions:
             hold.release()
         name = export.dataset.name
         job, created = await self._queue.submit(
-            JobRequest(name, export.format, dict(params), caller.key_id, caller.restriction(name)), idempotency_key)
+            JobRequest(name, export.format, tuple(params), caller.key_id, caller.restriction(name)), idempotency_key)
         record = ExportRecord(name, export.format, grouped(params), client_address, kind="job", key_name=caller.name,
                               resource=job.id)
         await write_log(self._log_engine, record, "completed", None)

@@ -39,7 +39,7 @@ def _owner(caller: Caller) -> str | None:
 async def create_job(submission: JobSubmission, request: Request, catalog: CatalogDep, caller: CallerDep,
                      submissions: SubmissionsDep) -> Response:
     require(caller, "dataset", submission.dataset)
-    params = list(submission.params.items())
+    params = submission.pairs()
     export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,
                                   caller.restriction(submission.dataset))
     return await submissions.submit(caller, export, params, request.headers.get("idempotency-key"),

@@ -1,0 +1,190 @@
+"""Issue 18, item 9, the parameter caps of item 2, and repeated parameters: bad input is a 400 before any query,
+on PostgreSQL and SQLite, never a 500 or a 503 with the driver's text; and a job has the bytes of its stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from exporter.config import Settings
+from tests.conftest import Database
+from tests.helpers import bearer, create_key, wait_for
+from tests.jobs.test_jobs import TERMINAL
+from tests.servers import ServerThread
+
+Serve = Callable[[Settings], ServerThread]
+
+
+@pytest.fixture
+def guarded(db: Database, serve: Serve, tmp_path: Path) -> Iterator[tuple[ServerThread, dict[str, str]]]:
+    """An auth-on server on `db` (PostgreSQL and SQLite) with 2,000 orders, and a key that may read them."""
+    db.execute("DELETE FROM api_keys", "DELETE FROM job_events", "DELETE FROM jobs", "DELETE FROM export_log")
+    db.seed_demo(2000)
+    server = serve(db.settings(auth="required", jobs_dir=str(tmp_path / "jobs"), job_max_queued=1000))
+    yield server, bearer(create_key(db, "reader", "dataset:orders"))
+
+
+# Raw query strings, as an attacker sends them: each must be a 400 with the code given, before any query.
+BAD_INPUT = {
+    "NUL as CSV null": ("null=%00", "invalid_value"),
+    "NUL in a text filter": ("status=pa%00id", "invalid_value"),
+    "NUL in a name": ("sta%00tus=paid", "invalid_parameter"),
+    "NUL in columns": ("columns=id,sta%00tus", "invalid_value"),
+    "NUL in order": ("order=id%00", "invalid_value"),
+    "NUL in delimiter": ("delimiter=%00", "invalid_value"),
+    "NUL in after": ("after=1%00", "invalid_value"),
+    "NUL in an in list": ("status__in=paid,%00", "invalid_value"),
+    "huge exponent": ("amount__gt=1e999999999", "invalid_value"),
+    "tiny exponent": ("amount__gt=1e-999999999", "invalid_value"),
+    "decimal out of numeric(12,2)": ("amount__lt=12345678901234567890", "invalid_value"),
+    "NaN decimal": ("amount=NaN", "invalid_value"),
+    "sNaN decimal": ("amount=sNaN", "invalid_value"),
+    "Infinity decimal": ("amount__gt=-Infinity", "invalid_value"),
+    "int beyond int8": ("id__gt=9223372036854775808", "invalid_value"),
+    "int beyond int8 in a list": ("id__in=1,99999999999999999999", "invalid_value"),
+    "after beyond int8": ("after=9223372036854775808", "invalid_value"),
+    "huge limit": ("limit=99999999999999999999", "invalid_parameter"),
+    "limit beyond int8": ("limit=9223372036854775808", "invalid_parameter"),
+    "timestamptz before year 1 in UTC": ("created_at__gt=0001-01-01T00:00:00%2B14:00", "invalid_value"),
+    "timestamptz after year 9999 in UTC": ("created_at__lt=9999-12-31T23:59:59-14:00", "invalid_value"),
+    "lone surrogate": ("status=%ED%A0%80", "invalid_value"),
+    "invalid UTF-8": ("status=%FF%FE", "invalid_value"),
+    "invalid UTF-8 in a name": ("st%FFatus=paid", "invalid_parameter"),
+    "newline as CSV null": ("null=a%0Ab", "invalid_parameter"),
+    "CR as delimiter": ("delimiter=%0D", "invalid_parameter"),
+    "quote as delimiter": ("delimiter=%22", "invalid_parameter"),
+    "delimiter inside null": ("null=a,b", "invalid_parameter"),
+    "3,000 filters": ("&".join(f"id__ne={i}" for i in range(3000)), "too_many_parameters"),
+    "12,000 in values": ("id__in=" + ",".join(str(i) for i in range(12_000)), "too_many_values"),
+    "a long value": ("status=" + "x" * 5000, "parameter_too_long"),
+    "a long name": ("x" * 300 + "=1", "parameter_too_long"),
+    "many in lists": ("&".join("id__in=" + ",".join(str(i) for i in range(600)) for _ in range(4)),
+                      "too_many_values"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
+def test_bad_input_is_a_400_before_any_query(guarded: tuple[ServerThread, dict[str, str]], case: str) -> None:
+    server, auth = guarded
+    query, code = BAD_INPUT[case]
+    refused(server, auth, query, code)
+
+
+def refused(server: ServerThread, auth: dict[str, str], query: str, code: str) -> None:
+    for path in ("/exports/orders.csv", "/exports/orders.ndjson", "/datasets/orders/estimate"):
+        if path != "/exports/orders.csv" and query.startswith(("null=", "delimiter=")):
+            continue  # CSV options: another format refuses them anyway
+        answer = httpx.get(f"{server.url}{path}?{query}", headers=auth, timeout=60)
+        assert answer.status_code == 400, (path, answer.status_code, answer.text[:300])
+        assert answer.json()["error"]["code"] == code, (path, answer.text[:300])
+    # The same with Prefer: respond-async, which must never queue it.
+    answer = httpx.get(f"{server.url}/exports/orders.csv?{query}", headers={**auth, "Prefer": "respond-async"},
+                       timeout=60)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, code)
+
+
+@pytest.mark.parametrize(("params", "code"), [
+    ({"status": "pa\x00id"}, "invalid_value"),
+    ({"status": "\ud800"}, "invalid_value"),
+    ({"\ud800": "1"}, "invalid_parameter"),
+    ({"amount__gt": "1e999999999"}, "invalid_value"),
+    ({"status": "x" * 5000}, "parameter_too_long"),
+    ({f"id__ne{'_' * i}": "1" for i in range(300)}, "too_many_parameters"),
+    ({"id__in": ",".join(str(i) for i in range(12_000))}, "too_many_values"),
+    ([["id__ne", str(i)] for i in range(3000)], "too_many_parameters"),
+])
+def test_post_jobs_has_the_same_limits(guarded: tuple[ServerThread, dict[str, str]], params: object,
+                                       code: str) -> None:
+    server, auth = guarded
+    content = json.dumps({"dataset": "orders", "format": "csv", "params": params}).encode()  # \ud800 escaped
+    answer = httpx.post(f"{server.url}/jobs", content=content,
+                        headers={**auth, "Content-Type": "application/json"}, timeout=60)
+    assert answer.status_code == 400, answer.text[:300]
+    assert answer.json()["error"]["code"] == code, answer.text[:300]
+
+
+@pytest.mark.parametrize("query", [
+    "amount__gt=1e3", "amount__lt=9999999999.99", "amount__gt=0.005", "customer_id=4294967296", "id__gt=-5",
+    "created_at__gt=2024-01-01", "created_at__gt=2024-01-01T00:00:00%2B14:00", "status=gr%C3%BC%C3%9Fe",
+    "id__in=" + ",".join(str(i) for i in range(1000)), "null=NULL", "delimiter=;",
+])
+def test_good_input_near_the_limits_still_exports(guarded: tuple[ServerThread, dict[str, str]], query: str) -> None:
+    server, auth = guarded
+    answer = httpx.get(f"{server.url}/exports/orders.csv?{query}", headers=auth, timeout=60)
+    assert answer.status_code == 200, answer.text[:300]
+
+
+def run_job(server: ServerThread, auth: dict[str, str], created: httpx.Response) -> bytes:
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    done = wait_for(lambda: (j := httpx.get(f"{server.url}/jobs/{job_id}", headers=auth).json())["state"]
+                    in TERMINAL and j, 60)
+    assert done["state"] == "succeeded", done
+    return httpx.get(f"{server.url}/jobs/{job_id}/result", headers=auth).content
+
+
+@pytest.mark.parametrize("query", [
+    "status=paid&status=shipped",  # ANDed: no row
+    "status__ne=paid&status__ne=shipped&columns=id,status&limit=50",
+    "id__gt=10&id__gt=20&id__lt=40&id__lt=30",
+    "status__in=paid,shipped&status__in=shipped,pending&limit=20",
+])
+def test_a_job_has_the_bytes_of_the_stream_with_repeated_filters(guarded: tuple[ServerThread, dict[str, str]],
+                                                                query: str) -> None:
+    server, auth = guarded
+    url = f"{server.url}/exports/orders.csv?{query}"
+    streamed = httpx.get(url, headers=auth)
+    assert streamed.status_code == 200
+    assert run_job(server, auth, httpx.get(url, headers={**auth, "Prefer": "respond-async"})) == streamed.content
+    pairs = [item.split("=", 1) for item in query.split("&")]
+    posted = httpx.post(f"{server.url}/jobs", headers=auth,
+                        json={"dataset": "orders", "format": "csv", "params": pairs})
+    assert run_job(server, auth, posted) == streamed.content
+    assert posted.json()["params"] == pairs
+
+
+def test_repeated_filters_are_anded(guarded: tuple[ServerThread, dict[str, str]]) -> None:
+    server, auth = guarded
+    both = httpx.get(f"{server.url}/exports/orders.csv?status=paid&status=shipped", headers=auth)
+    assert both.status_code == 200 and both.text.count("\n") == 1  # the header alone
+
+
+@pytest.mark.parametrize("name", ["limit", "order", "after", "columns", "header", "delimiter", "null", "bom"])
+def test_a_repeated_non_filter_parameter_is_a_400_on_both_paths(guarded: tuple[ServerThread, dict[str, str]],
+                                                                name: str) -> None:
+    server, auth = guarded
+    value = {"limit": "5", "order": "id", "after": "3", "columns": "id,status", "header": "true",
+             "delimiter": ";", "null": "x", "bom": "false"}[name]
+    query = f"{name}={quote(value)}&{name}={quote(value)}"
+    for headers in (auth, {**auth, "Prefer": "respond-async"}):
+        answer = httpx.get(f"{server.url}/exports/orders.csv?{query}", headers=headers)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_parameter"), answer.text
+    posted = httpx.post(f"{server.url}/jobs", headers=auth,
+                        json={"dataset": "orders", "format": "csv", "params": [[name, value], [name, value]]})
+    assert (posted.status_code, posted.json()["error"]["code"]) == (400, "invalid_parameter"), posted.text
+
+
+def test_a_job_stored_before_params_were_pairs_still_runs(db: Database, serve: Serve, tmp_path: Path) -> None:
+    db.execute("DELETE FROM api_keys", "DELETE FROM job_events", "DELETE FROM jobs", "DELETE FROM export_log")
+    db.seed_demo(2000)
+    settings = {"auth": "required", "jobs_dir": str(tmp_path / "jobs")}
+    idle = serve(db.settings(**settings, job_workers=0))
+    auth = bearer(create_key(db, "reader", "dataset:orders"))
+    created = httpx.post(f"{idle.url}/jobs", headers=auth,
+                         json={"dataset": "orders", "format": "csv", "params": {"status": "paid", "limit": "7"}})
+    assert created.json()["params"] == [["status", "paid"], ["limit", "7"]]
+    # A job queued by an older version stored its params as an object: it is still shown and run.
+    old = httpx.post(f"{idle.url}/jobs", headers=auth, json={"dataset": "orders", "format": "csv"})
+    db.execute("UPDATE jobs SET params = :params WHERE id = :id", params='{"status": "paid", "limit": "7"}',
+               id=old.json()["id"])
+    assert httpx.get(f"{idle.url}/jobs/{old.json()['id']}", headers=auth).json()["params"] == [
+        ["status", "paid"], ["limit", "7"]]
+    server = serve(db.settings(**settings))
+    streamed = httpx.get(f"{server.url}/exports/orders.csv?status=paid&limit=7", headers=auth).content
+    assert run_job(server, auth, created) == streamed
+    assert run_job(server, auth, old) == streamed
