@@ -27,6 +27,7 @@ from exporter.sources.datasets import Column, Dataset
 
 QUERY_PARAMETERS = frozenset({"columns", "order", "limit", "after"})
 
+ORDERING = frozenset({"gt", "gte", "lt", "lte"})  # SQLAlchemy compares booleans only for (in)equality
 Comparison = Callable[[ColumnElement[Any], Any], ColumnElement[bool]]
 
 # operator → (comparison, how its value is parsed: "one" by the column's type, "list" of them, or "bool")
@@ -194,6 +195,8 @@ def _filter(dataset: Dataset, source: Any, name: str, raw: str, dialect: str, op
         )
     compare, arity = OPERATORS[op]
     col = dataset.columns[column_name]
+    if col.kind == "boolean" and op in ORDERING:
+        raise UnknownOperator(f"{name}: true and false are not ordered; use eq, ne, in or isnull", parameter=name)
     target = _bindable(source.c[column_name], col, dialect)
     value: Any
     if arity == "bool":
