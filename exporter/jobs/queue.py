@@ -5,6 +5,7 @@ by the job's row, and wakes whoever waits for them."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from exporter.jobs.views import JobView, progress_json
 from exporter.metrics import QUEUE_WAIT
 from exporter.models import Job
 
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe's alphabet
 MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
 _COLUMNS = tuple(Job.__table__.columns)
 
@@ -115,6 +117,8 @@ class JobQueue:
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job; with an `owner`, only if that key submitted it: another's job is UnknownJob as well, so ids
         cannot be probed."""
+        if not JOB_ID.fullmatch(job_id):  # a NUL made PostgreSQL fail (a 500); no job has any other shape
+            raise UnknownJob(f"no job {job_id!r}")
         query = select(*_COLUMNS).where(Job.id == job_id)
         if owner is not None:
             query = query.where(Job.owner_key == owner)

@@ -211,3 +211,12 @@ def test_every_kind_of_column_with_awkward_values_is_200_or_400(guarded: tuple[S
         for value in NASTY:
             answer = client.get("/exports/orders.csv", params={"after": value, "limit": "1"})
             assert answer.status_code in (200, 400), ("after", value, answer.text[:300])
+
+
+@pytest.mark.parametrize("job_id", ["%00", "a%00b", "%ED%A0%80", "x" * 300])
+def test_a_job_id_that_no_job_can_have_is_404_without_a_query(guarded: tuple[ServerThread, dict[str, str]],
+                                                              job_id: str) -> None:
+    server, auth = guarded
+    for method, path in (("GET", ""), ("GET", "/result"), ("GET", "/events"), ("DELETE", "")):
+        answer = httpx.request(method, f"{server.url}/jobs/{job_id}{path}", headers=auth)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (404, "unknown_job"), (method, path)
