@@ -220,3 +220,13 @@ def test_a_job_id_that_no_job_can_have_is_404_without_a_query(guarded: tuple[Ser
     for method, path in (("GET", ""), ("GET", "/result"), ("GET", "/events"), ("DELETE", "")):
         answer = httpx.request(method, f"{server.url}/jobs/{job_id}{path}", headers=auth)
         assert (answer.status_code, answer.json()["error"]["code"]) == (404, "unknown_job"), (method, path)
+
+
+def test_the_jobs_page_shows_a_jobs_repeated_filters(guarded: tuple[ServerThread, dict[str, str]]) -> None:
+    server, auth = guarded
+    created = httpx.get(f"{server.url}/exports/orders.csv?status__ne=paid&status__ne=shipped",
+                        headers={**auth, "Prefer": "respond-async"})
+    assert created.status_code == 202
+    page = httpx.get(f"{server.url}/jobs", headers={**auth, "Accept": "text/html"})
+    assert page.status_code == 200
+    assert "status__ne=paid&amp;status__ne=shipped" in page.text
