@@ -64,6 +64,18 @@ class AfterRequiresKeyOrder(ExportError):
     pass
 
 
+class TooManyParameters(ExportError):
+    """More query parameters (or POST /jobs params) than MAX_PARAMETERS (exporter/export/parameters.py)."""
+
+
+class ParameterTooLong(ExportError):
+    """A parameter's name or one of its values is longer than the grammar allows."""
+
+
+class TooManyValues(ExportError):
+    """More `__in` values in one request than the grammar allows."""
+
+
 class TooManyRowsForXlsx(ExportError):
     """An XLSX export would have more rows than an Excel sheet holds; counted before the first byte."""
 

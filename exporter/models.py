@@ -113,7 +113,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     dataset: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(Text)
-    params: Mapped[dict[str, str]] = mapped_column(JSON)
+    params: Mapped[list[list[str]] | dict[str, str]] = mapped_column(JSON)  # (name, value) pairs; once an object
     state: Mapped[str] = mapped_column(Text)
     rows: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)

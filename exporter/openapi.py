@@ -26,7 +26,8 @@ ERROR = {
 # status → the codes it carries, for the descriptions
 CODES = {
     400: "invalid_parameter, unknown_column, column_not_filterable, unknown_operator, invalid_value, "
-         "after_requires_key_order, invalid_path, token_in_url, too_many_rows_for_xlsx",
+         "after_requires_key_order, invalid_path, token_in_url, too_many_rows_for_xlsx, too_many_parameters, "
+         "parameter_too_long, too_many_values",
     401: "missing_token, invalid_token, expired_token, revoked_token (with WWW-Authenticate: Bearer)",
     403: "forbidden, link_expired, row_limit_exceeded",
     404: "unknown_dataset, unknown_format, unknown_root, file_not_found, unknown_upstream, unknown_job, not_found",

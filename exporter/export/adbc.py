@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import adbc_driver_manager
@@ -146,6 +148,9 @@ async def iter_arrow(engine: AsyncEngine, query: ExportQuery, schema: pa.Schema)
     for the first rows, cancels the query on the server, waits for the thread and closes the connection.
     Errors are ExportErrors (a 503 before the first byte)."""
     sql, args = positional_sql(arrow_statement(query), engine.dialect)
+    # ADBC binds through Arrow arrays, which hold no decimal of more than 76 digits (1e-400) and no UUID; as text
+    # they reach the same `$n::NUMERIC` and `$n::UUID` casts the statement has.
+    args = [str(arg) if isinstance(arg, Decimal | uuid.UUID) else arg for arg in args]
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adbc")
     connecting = executor.submit(_Reader, _url(engine))
     try:

@@ -10,12 +10,14 @@ import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exporter import metrics
 from exporter.access.admission import ExportSlots
+from exporter.errors import RowLimitExceeded
 from exporter.export.copy import copy_statement
 from exporter.export.parts import split_query
 from exporter.export.queries import ExportQuery
@@ -94,6 +96,11 @@ async def iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: dic
     cancels every COPY on the server, returns the connections and slots, and removes the temporary files; a
     failure of any part is raised here, and ends the others the same way. `on_rows` gets the number of lines
     sent so far, then the COPYs' own row count when all have ended. See open_snapshot for `idle_seconds`.
+
+    With the key's row cap (query.row_cap), COPY reads at most that many rows, since a CSV row's line breaks
+    keep its output from being cut at a row; when it reads them all, a query in the same snapshot asks whether
+    one more exists, and if so RowLimitExceeded is raised instead of the last chunk, which is held back until
+    then (so an export whose every chunk is held is refused before its first byte).
     """
     with database_errors("export"):
         async for chunk in _iter_copy(dataset, query, fmt, options, formula_guard, parts, min_rows, on_rows,
@@ -105,6 +112,10 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
                      parts: int, min_rows: int, on_rows: Callable[[int], None], idle_seconds: float | None
                      ) -> AsyncIterator[bytes]:
     engine, slots = dataset.engine, dataset.slots
+    cap = query.row_cap
+    capped = query
+    if cap is not None:
+        capped = replace(query, statement=query.statement.limit(cap), limit=cap, row_cap=None)
     changed = asyncio.Event()
     failures: list[BaseException] = []
     tasks: list[asyncio.Task[None]] = []
@@ -114,7 +125,7 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
         await leader.exec_driver_sql("SELECT 1")
         spare = parts - 1 if slots is None else await slots.take_spare(parts - 1)
         try:
-            queries = await split_query(leader, dataset, query, spare + 1, min_rows) if spare else [query]
+            queries = await split_query(leader, dataset, capped, spare + 1, min_rows) if spare else [capped]
         except BaseException:
             _give_back(slots, spare)
             raise
@@ -156,6 +167,7 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
                 tasks += [asyncio.create_task(run(index)) for index in range(1, len(queries))]
             lines = -1 if options.get("header") else 0
             send_now = True  # the first chunk goes at once, as does one that waited FLUSH_SECONDS
+            held: bytes | None = None  # with a row cap, the last chunk taken, sent once another one is
             for output in outputs:
                 while True:
                     if failures:
@@ -165,7 +177,12 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
                         send_now = False
                         lines += chunk.count(b"\n")
                         on_rows(max(lines, 0))  # until COPY reports its count; CSV values may hold line breaks
-                        yield chunk
+                        if cap is None:
+                            yield chunk
+                            continue
+                        if held is not None:
+                            yield held
+                        held = chunk
                     elif output.rows is not None:
                         break
                     else:
@@ -175,11 +192,22 @@ async def _iter_copy(dataset: Dataset, query: ExportQuery, fmt: str, options: di
                                 await changed.wait()
                         except TimeoutError:
                             send_now = True
-            on_rows(sum(output.rows or 0 for output in outputs))
+            rows = sum(output.rows or 0 for output in outputs)
+            on_rows(rows)
+            if cap is not None and rows >= cap and await _has_more(leader, query, cap):
+                raise RowLimitExceeded(f"this export has more than {cap} rows, the most this key may read; "
+                                       "narrow it with filters or limit=")
+            if held is not None:
+                yield held
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _has_more(conn: AsyncConnection, query: ExportQuery, cap: int) -> bool:
+    """Whether the export has a row after its first `cap`, read in `conn`'s snapshot (the COPYs' own)."""
+    return (await conn.execute(query.statement.offset(cap).limit(1))).first() is not None
 
 
 def _give_back(slots: ExportSlots | None, count: int) -> None:

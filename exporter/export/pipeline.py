@@ -141,8 +141,9 @@ def iter_export(chunks: AsyncIterator[bytes], *, compression: str | None, record
 async def _iter_row_limited(chunks: AsyncIterator[bytes], record: ExportRecord, max_rows: int
                             ) -> AsyncIterator[bytes]:
     """Raise RowLimitExceeded instead of a chunk that takes the export past `max_rows` (the query asks for one row
-    more, so the database stops there too). COPY counts line ends until it ends, and a value may hold line
-    breaks, so there only its final count decides."""
+    more, so the database stops there too). COPY reads at most `max_rows` rows and raises RowLimitExceeded itself
+    (see iter_copy), since its line ends are not rows (a value may hold line breaks); its final count is checked
+    here once more."""
     def passed() -> bool:
         return record.rows > max_rows
 

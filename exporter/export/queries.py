@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import operator
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Select, cast, column, select, table, text, type_coerce, types
@@ -24,63 +21,13 @@ from exporter.errors import (
     UnknownColumn,
     UnknownOperator,
 )
+from exporter.export.parameters import INT64, VALUE_TYPES, check_parameters, parse_bool, parse_value
 from exporter.formats.csv import CSV_PARAMETERS
 from exporter.sources.datasets import Column, Dataset
 
 QUERY_PARAMETERS = frozenset({"columns", "order", "limit", "after"})
 
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _parse_int(raw: str) -> int:
-    if not re.fullmatch(r"[+-]?[0-9]+", raw):
-        raise ValueError("not an optionally signed run of digits")
-    value = int(raw)
-    if not _INT64[0] <= value <= _INT64[1]:
-        raise ValueError("out of the 64-bit integer range")
-    return value
-
-
-def _parse_decimal(raw: str) -> Decimal:
-    value = Decimal(raw)
-    if not value.is_finite():
-        raise ValueError("not a finite number")
-    return value
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered not in ("true", "false"):
-        raise ValueError("expected true or false")
-    return lowered == "true"
-
-
-def _parse_timestamptz(raw: str) -> datetime:
-    value = datetime.fromisoformat(raw)
-    # A timestamp without an offset is taken as UTC, the zone every timestamptz is rendered in.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-
-
-def _parse_text(raw: str) -> str:
-    if "\x00" in raw:
-        raise ValueError("NUL characters are not allowed")
-    return raw
-
-
-# kind → (parse the query-string text, SQLAlchemy type to bind it as)
-_VALUE_TYPES: dict[str, tuple[Callable[[str], Any], types.TypeEngine[Any]]] = {
-    "integer": (_parse_int, types.BigInteger()),
-    "decimal": (_parse_decimal, types.Numeric()),
-    "float": (float, types.Float()),
-    "boolean": (_parse_bool, types.Boolean()),
-    "text": (_parse_text, types.Text()),
-    "date": (date.fromisoformat, types.Date()),
-    "time": (time.fromisoformat, types.Time()),
-    "timestamp": (datetime.fromisoformat, types.DateTime()),
-    "timestamptz": (_parse_timestamptz, types.DateTime(timezone=True)),
-    "uuid": (uuid.UUID, types.Uuid()),
-}
-
+ORDERING = frozenset({"gt", "gte", "lt", "lte"})  # SQLAlchemy compares booleans only for (in)equality
 Comparison = Callable[[ColumnElement[Any], Any], ColumnElement[bool]]
 
 # operator → (comparison, how its value is parsed: "one" by the column's type, "list" of them, or "bool")
@@ -105,6 +52,9 @@ class ExportQuery:
     source: Any
     order: tuple[tuple[str, bool], ...] = ()  # (column, descending), the key last unless named before
     limit: int | None = None  # the most rows the statement returns (its LIMIT), None for all
+    # The key's max_rows where it set the LIMIT (to max_rows + 1, so that passing it shows): a path that must not
+    # send row max_rows + 1 (COPY) reads row_cap rows and then checks whether one more exists.
+    row_cap: int | None = None
 
     def raw(self, name: str) -> ColumnElement[Any]:
         """The source column itself, for expressions over it (the COPY path's renderings)."""
@@ -115,10 +65,13 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
                 restriction: Restriction = NO_RESTRICTION) -> ExportQuery:
     """Validate every parameter against the dataset; errors name the offending parameter.
 
-    A key's `restriction` hides every column it does not list (naming one in `columns`, a filter or `order` is
-    Forbidden), makes its columns the default set, ANDs its filters in whatever the parameters say, and asks for
-    at most max_rows + 1 rows (the pipeline aborts an export that gets that far).
+    A key's `restriction` hides every column it does not list: naming one in `columns`, a filter or `order`, or
+    any name that is no column (so hidden names cannot be told from absent ones), and `after` when the key is
+    hidden, is Forbidden before anything else is looked at. Its columns are the default set, its filters are ANDed
+    in whatever the parameters say, and it asks for at most max_rows + 1 rows (the pipeline aborts an export that
+    gets that far). The grammar's limits (check_parameters) come first of all.
     """
+    check_parameters(params)
     single = _single_values(params)
     names = list(dataset.columns)
     source = _source(dataset, names)
@@ -145,7 +98,7 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
                 f"after continues by the key {key!r}: use it with order={key} or order=-{key} (or no order)",
                 parameter="after",
             )
-        value = _value(dataset.key, single["after"], "after", dialect)
+        value = parse_value(dataset.key, single["after"], "after", dialect)
         keyed = _bindable(source.c[key], dataset.key, dialect)
         stmt = stmt.where(keyed < value if order[0][1] else keyed > value)
     stmt = stmt.order_by(*(source.c[name].desc() if desc else source.c[name] for name, desc in order))
@@ -153,28 +106,35 @@ def build_query(dataset: Dataset, params: Sequence[tuple[str, str]], dialect: st
     limit: int | None = None
     if "limit" in single:
         # At most 19 digits: int() refuses more than 4,300 with a ValueError, which would be a 500.
-        if not re.fullmatch(r"[0-9]{1,19}", single["limit"]) or int(single["limit"]) > _INT64[1]:
+        if not re.fullmatch(r"[0-9]{1,19}", single["limit"]) or int(single["limit"]) > INT64[1]:
             raise InvalidParameter("limit must be a whole number, 0 or more", parameter="limit")
         limit = int(single["limit"])
+    row_cap = None
     if restriction.max_rows is not None and (limit is None or limit > restriction.max_rows):
-        limit = restriction.max_rows + 1
+        limit, row_cap = restriction.max_rows + 1, restriction.max_rows
     if limit is not None:
         stmt = stmt.limit(limit)
-    return ExportQuery(stmt, selected, source, tuple(order), limit)
+    return ExportQuery(stmt, selected, source, tuple(order), limit, row_cap)
 
 
 def _check_visible(dataset: Dataset, visible: tuple[str, ...], name: str, raw: str) -> None:
-    """Forbidden for a parameter that names a column the key may not see."""
+    """Forbidden for a parameter that names a column the key may not see, or no column at all: the same answer
+    whether it exists or not. `after` continues by the key, so a hidden key makes it Forbidden whatever its value
+    (a binary search over after=N&limit=1 would read the key's values)."""
     if name == "columns":
         named = raw.split(",")
     elif name == "order":
         named = [item.removeprefix("-") for item in raw.split(",")]
+    elif name == "after":
+        if dataset.key.name not in visible:
+            raise Forbidden("after: this key may not read the column it continues by", parameter=name)
+        return
     elif name in QUERY_PARAMETERS or name in CSV_PARAMETERS:
         return
     else:
         named = [name.partition("__")[0]]
     for column_name in named:
-        if column_name in dataset.columns and column_name not in visible:
+        if column_name not in visible:
             raise Forbidden(f"{name}: this key may not read column {column_name!r}", parameter=name)
 
 
@@ -236,41 +196,30 @@ def _filter(dataset: Dataset, source: Any, name: str, raw: str, dialect: str, op
         )
     compare, arity = OPERATORS[op]
     col = dataset.columns[column_name]
+    if col.kind == "boolean" and op in ORDERING:
+        raise UnknownOperator(f"{name}: true and false are not ordered; use eq, ne, in or isnull", parameter=name)
     target = _bindable(source.c[column_name], col, dialect)
     value: Any
     if arity == "bool":
         try:
-            value = _parse_bool(raw)
+            value = parse_bool(raw)
         except ValueError:
             raise InvalidValue(f"{name}: expected true or false, got {raw!r}", parameter=name) from None
     elif arity == "list":
-        value = [_value(col, item, name, dialect) for item in raw.split(",")]
+        value = [parse_value(col, item, name, dialect) for item in raw.split(",")]
     else:
-        value = _value(col, raw, name, dialect)
+        value = parse_value(col, raw, name, dialect)
     return compare(target, value)
 
 
 def _bindable(target: Any, col: Column, dialect: str) -> Any:
     """The column typed for binding its parameters, so values are sent as the database stores them."""
-    if col.kind not in _VALUE_TYPES:
+    if col.kind not in VALUE_TYPES:
         return target
-    bind_type = _VALUE_TYPES[col.kind][1]
+    bind_type = VALUE_TYPES[col.kind][1]
     if dialect == "sqlite" and col.kind == "decimal":
         bind_type = types.Float()  # SQLite keeps NUMERIC(p, s) values as REAL
     return type_coerce(target, bind_type)
-
-
-def _value(col: Column, raw: str, parameter: str, dialect: str) -> Any:
-    if col.kind not in _VALUE_TYPES:
-        raise ColumnNotFilterable(f"{parameter}: values of type {col.type} cannot be compared", parameter=parameter)
-    parse = _VALUE_TYPES[col.kind][0]
-    try:
-        value = parse(raw)
-    except (ValueError, InvalidOperation):
-        raise InvalidValue(f"{parameter}: {raw!r} is not a valid {col.type} value", parameter=parameter) from None
-    if dialect == "sqlite" and col.kind == "decimal":
-        return float(value)
-    return value
 
 
 def _order(dataset: Dataset, raw: str | None) -> list[tuple[str, bool]]:

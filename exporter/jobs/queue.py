@@ -5,8 +5,9 @@ by the job's row, and wakes whoever waits for them."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from exporter.jobs.views import JobView, progress_json
 from exporter.metrics import QUEUE_WAIT
 from exporter.models import Job
 
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe's alphabet
 MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
 _COLUMNS = tuple(Job.__table__.columns)
 
@@ -44,13 +46,16 @@ def now() -> datetime:
 class JobRequest:
     dataset: str
     format: str
-    params: Mapping[str, str]
+    params: Sequence[tuple[str, str]]  # in the request's order; a filter may repeat (they are ANDed)
     owner_key: str | None = None  # the key submitting it (None with auth off)
     restriction: Restriction = NO_RESTRICTION  # that key's on the dataset, applied when the job runs
     limit: KeyLimit | None = None  # that key's limit, checked in the transaction that queues the job
 
     def digest(self) -> str:
-        canonical = {"dataset": self.dataset, "format": self.format, "params": dict(self.params)}
+        names = [name for name, _ in self.params]
+        # Without repeats, the object digested before params were pairs, so earlier Idempotency-Keys still match.
+        params = dict(self.params) if len(set(names)) == len(names) else sorted(self.params)
+        canonical = {"dataset": self.dataset, "format": self.format, "params": params}
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -103,7 +108,8 @@ class JobQueue:
             if queued >= self._settings.job_max_queued:
                 raise TooManyJobs(f"{queued} jobs are queued, the most there may be; try again later")
             job = Job(id=secrets.token_urlsafe(16), dataset=request.dataset, format=request.format,
-                      params=dict(request.params), state="queued", rows=0, bytes=0, created_at=now(), attempt=0,
+                      params=[list(pair) for pair in request.params], state="queued", rows=0, bytes=0,
+                      created_at=now(), attempt=0,
                       idempotency_key=idempotency_key, request_digest=digest, last_event_id=2,
                       owner_key=request.owner_key, restriction=request.restriction.as_json())
             await conn.execute(insert(Job).values({c.key: getattr(job, c.key) for c in _COLUMNS}))
@@ -116,6 +122,8 @@ class JobQueue:
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job; with an `owner`, only if that key submitted it: another's job is UnknownJob as well, so ids
         cannot be probed."""
+        if not JOB_ID.fullmatch(job_id):  # a NUL made PostgreSQL fail (a 500); no job has any other shape
+            raise UnknownJob(f"no job {job_id!r}")
         query = select(*_COLUMNS).where(Job.id == job_id)
         if owner is not None:
             query = query.where(Job.owner_key == owner)

@@ -29,7 +29,11 @@ class JobSubmission(BaseModel):
 
     dataset: str
     format: Annotated[str, Field(json_schema_extra={"enum": list(EXPORT_FORMATS)})]
-    params: dict[str, str] = {}
+    # An object, or a list of [name, value] pairs, which can repeat a filter as a query string can.
+    params: dict[str, str] | list[tuple[str, str]] = {}
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(self.params.items()) if isinstance(self.params, dict) else list(self.params)
 
     @field_validator("format")
     @classmethod
@@ -76,7 +80,7 @@ class Submissions:
         limit = self._limits.limit_of(caller)  # checked as the job is queued, in one step with its insert
         name = export.dataset.name
         job, created = await self._queue.submit(
-            JobRequest(name, export.format, dict(params), caller.key_id, caller.restriction(name), limit),
+            JobRequest(name, export.format, tuple(params), caller.key_id, caller.restriction(name), limit),
             idempotency_key)
         record = ExportRecord(name, export.format, grouped(params), client_address, kind="job", key_name=caller.name,
                               resource=job.id)

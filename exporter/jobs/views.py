@@ -14,6 +14,14 @@ def filename(job: Job) -> str:
     return f"{job.dataset}.{job.format}"
 
 
+def job_params(job: Job) -> list[tuple[str, str]]:
+    """The job's parameters as (name, value) pairs in their order; a job stored before they were pairs has an
+    object (whose names cannot repeat)."""
+    if isinstance(job.params, dict):
+        return list(job.params.items())
+    return [(str(name), str(value)) for name, value in job.params]
+
+
 def job_json(job: Job, media_type: str, link_query: str | None = None) -> dict[str, Any]:
     """The job as the API shows it; `media_type` is its format's Content-Type; `link_query` signs the result's
     URL so it works without a header."""
@@ -21,7 +29,7 @@ def job_json(job: Job, media_type: str, link_query: str | None = None) -> dict[s
         "id": job.id,
         "dataset": job.dataset,
         "format": job.format,
-        "params": job.params,
+        "params": [list(pair) for pair in job_params(job)],
         "state": job.state,
         "rows": job.rows,
         "bytes": job.bytes,

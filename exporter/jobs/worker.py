@@ -23,11 +23,11 @@ from exporter.config import Settings
 from exporter.errors import ExportError
 from exporter.export.pipeline import iter_export, open_chunks
 from exporter.export.request import export_media_type, prepare_export
-from exporter.exportlog import ExportRecord, iter_recorded
+from exporter.exportlog import ExportRecord, grouped, iter_recorded
 from exporter.jobs import wakeups
 from exporter.jobs.queue import JobQueue, now
 from exporter.jobs.results import Result, part_path, result_path, write_result
-from exporter.jobs.views import JobView, filename, progress_json
+from exporter.jobs.views import JobView, filename, job_params, progress_json
 from exporter.models import Job
 from exporter.sources.datasets import Catalog
 from exporter.sources.engines import create_db_engine
@@ -109,7 +109,7 @@ class Runner:
     async def _run(self, job: Job, owner: str) -> None:
         """Run one claimed job to its end: succeeded, failed, or stopped because it was cancelled or its lease was
         lost. Cancelling this (shutdown) stops the export, removes its partial file and hands the job back."""
-        record = ExportRecord(job.dataset, job.format, {name: [value] for name, value in job.params.items()}, None,
+        record = ExportRecord(job.dataset, job.format, grouped(job_params(job)), None,
                               kind="job_run", resource=job.id)
         export = asyncio.create_task(self._export(job, record))
         try:
@@ -160,7 +160,7 @@ class Runner:
         return True
 
     async def _export(self, job: Job, record: ExportRecord) -> tuple[int, str]:
-        export = await prepare_export(self._catalog, filename(job), list(job.params.items()),
+        export = await prepare_export(self._catalog, filename(job), job_params(job),
                                       Restriction.from_json(job.restriction), self._settings)
         chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
                              wait_for_slot=True)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from exporter.access.grants import require
 from exporter.export.cursor import estimate_rows
+from exporter.export.parameters import query_pairs
 from exporter.export.request import prepare_export
 from exporter.formats import FORMATS
 from exporter.services import CallerDep, CatalogDep
@@ -42,7 +43,7 @@ async def estimate(name: str, request: Request, catalog: CatalogDep, caller: Cal
     order, limit; the key's restrictions) to send, from its statistics and without running it; null on SQLite.
     Bad parameters are the export's own 400s."""
     require(caller, "dataset", name)
-    export = await prepare_export(catalog, f"{name}.ndjson", request.query_params.multi_items(),
+    export = await prepare_export(catalog, f"{name}.ndjson", query_pairs(request.scope["query_string"]),
                                   caller.restriction(name))
     rows = await estimate_rows(export.dataset.engine, export.query.statement)
     if rows is not None and export.max_rows is not None:

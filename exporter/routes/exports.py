@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 
 from exporter.access.grants import require
 from exporter.downloads import client_address
+from exporter.export.parameters import query_pairs
 from exporter.export.request import prepare_export
 from exporter.formats import split_filename
 from exporter.jobs.submission import prefers_async
@@ -20,7 +21,7 @@ async def export(filename: str, request: Request, catalog: CatalogDep, settings:
                  downloads: DownloadsDep, submissions: SubmissionsDep, authenticator: AuthenticatorDep) -> Response:
     name = split_filename(filename)[0]
     require(caller, "dataset", name)
-    params = request.query_params.multi_items()
+    params = query_pairs(request.scope["query_string"])
     export = await prepare_export(catalog, filename, params, caller.restriction(name), settings)
     if request.method == "GET" and prefers_async(request.headers.get("prefer")):
         authenticator.require_csrf(request)  # this GET creates a job: a session shows its CSRF token

@@ -41,7 +41,7 @@ async def create_job(request: Request, catalog: CatalogDep, caller: CallerDep, s
     """The caller is known before a byte of the body is read (a pydantic body parameter is read before it)."""
     submission = await read_submission(request)
     require(caller, "dataset", submission.dataset)
-    params = list(submission.params.items())
+    params = submission.pairs()
     refuse_tokens_in(params)
     export = await prepare_export(catalog, f"{submission.dataset}.{submission.format}", params,
                                   caller.restriction(submission.dataset))

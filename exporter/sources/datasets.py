@@ -73,7 +73,7 @@ class Dataset:
         return {
             "name": self.name,
             "description": self.config.description,
-            "key": self.config.key,
+            "key": self.config.key if self.config.key in shown else None,  # a hidden key is not named either
             "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in columns],
             "filterable": [name for name in self.config.filterable if name in shown],
             "formats": list(formats),

@@ -267,7 +267,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("run-job").addEventListener("click", async () => {
     const s = state();
     clearErrors();
-    const body = { dataset, format: s.format + (s.gzip ? ".gz" : ""), params: Object.fromEntries(params(s, true)) };
+    const body = { dataset, format: s.format + (s.gzip ? ".gz" : ""), params: params(s, true) };
     const response = await fetch("/jobs", {
       method: "POST", headers: E.csrfHeaders({ "Content-Type": "application/json" }), body: JSON.stringify(body),
     });

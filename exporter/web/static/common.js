@@ -53,7 +53,7 @@ const Exporter = (() => {
     let progress = null;
     let current = job;
     const estimate = (j) => {
-      const params = Object.entries(j.params || {}).filter(([k]) => !CSV_OPTIONS.includes(k));
+      const params = (j.params || []).filter(([k]) => !CSV_OPTIONS.includes(k));
       fetch(`/datasets/${quote(j.dataset)}/estimate?${query(params)}`)
         .then((r) => (r.ok ? r.json() : null))
         .then((body) => { if (body && body.rows !== null) { total = body.rows; view.update(current, progress, total); } })
