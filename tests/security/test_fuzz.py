@@ -96,8 +96,9 @@ def parameters(draw: st.DrawFn) -> list[tuple[str, bytes]]:
             pairs.append((draw(st.sampled_from(["x", "", "columns[]", "limit__gt", "after__in", "a" * 200])),
                           draw(values())))
     if draw(st.integers(0, 19)) == 0:  # now and then, a flood of one operator
-        pairs += [(draw(column_names()) + draw(st.sampled_from(["__ne", "__in", ""])), draw(values()))] * draw(
-            st.sampled_from([200, 3000]))
+        value = draw(st.sampled_from([b"1", b"paid", b"1,2", b"\x00"]))  # short: the URL stays under httpx's 64 KiB
+        pairs += [(draw(column_names()) + draw(st.sampled_from(["__ne", "__in", ""])), value)] * draw(
+            st.sampled_from([101, 3000]))
     return pairs
 
 
