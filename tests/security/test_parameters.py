@@ -98,7 +98,9 @@ def refused(server: ServerThread, auth: dict[str, str], query: str, code: str) -
 
 @pytest.mark.parametrize(("params", "code"), [
     ({"status": "pa\x00id"}, "invalid_value"),
-    ({"status": "\ud800"}, "invalid_value"),
+    # A lone surrogate escape is not valid JSON to the body's parser (POST /jobs reads its body after
+    # authentication, with pydantic): the body is refused before any parameter is looked at.
+    ({"status": "\ud800"}, "invalid_parameter"),
     ({"\ud800": "1"}, "invalid_parameter"),
     ({"amount__gt": "1e999999999"}, "invalid_value"),
     ({"status": "x" * 5000}, "parameter_too_long"),
