@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     env = {"PATH": "/usr/bin:/bin", "EXPORTER_DATABASE_URL": f"sqlite+aiosqlite:///{WORK / 'exporter.db'}",
-           "EXPORTER_AUTH": "required", "EXPORTER_JOB_WORKERS": "0"}
+           "EXPORTER_AUTH": "required", "EXPORTER_JOB_WORKERS": "0",
+           # Every request here fails on purpose, from one address: throttling would answer 429 after a few.
+           "EXPORTER_FAILED_AUTH_LIMIT": str(10 * REQUESTS)}
     subprocess.run([str(EXPORTER), "migrate"], env=env, check=True, capture_output=True)
     token = subprocess.run([str(EXPORTER), "keys", "create", "bench", "--grant", "dataset:*"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()
