@@ -44,9 +44,13 @@ class RefuseTokensInUrls:
         await self.app(scope, receive, send)
 
 
+def _holds_token(name: str, value: str) -> bool:
+    return name == TOKEN_PARAMETER or value.startswith(PREFIX) or contains_token(name) or contains_token(value)
+
+
 def token_in_url(scope: Scope) -> bool:
     query = scope.get("query_string", b"").decode("latin-1")
-    if contains_token(query) or any(name == TOKEN_PARAMETER or value.startswith(PREFIX)
+    if contains_token(query) or any(_holds_token(name, value)
                                     for name, value in parse_qsl(query, keep_blank_values=True)):
         return True
     paths = (scope.get("path", ""), scope.get("raw_path", b"").decode("latin-1"))
@@ -56,8 +60,7 @@ def token_in_url(scope: Scope) -> bool:
 def refuse_tokens_in(parameters: Iterable[tuple[str, str]]) -> None:
     """Raises TokenInUrl for parameters that hold a token (a job's, sent in a body): what the same parameters
     would get in an export's URL, so that no job stores one."""
-    if any(contains_token(name) or contains_token(value) or value.startswith(PREFIX)
-           for name, value in parameters):
+    if any(_holds_token(name, value) for name, value in parameters):
         raise TokenInUrl("a parameter holds an API token: send the token in the Authorization header only, "
                          "and revoke a token that was sent this way")
 
@@ -146,8 +149,7 @@ class Authenticator:
         session = request.cookies.get(sessions.COOKIE)
         if self._secret is None or request.headers.get("authorization") or session is None:
             return
-        if not sessions.csrf_matches(self._secret, session, request.headers.get(sessions.CSRF_HEADER)):
-            raise InvalidCsrfToken("this request needs the page's CSRF token (X-CSRF-Token): reload the page")
+        _check_csrf(self._secret, session, request)
 
     def csrf_matches(self, session: str, token: str | None) -> bool:
         return self._secret is not None and sessions.csrf_matches(self._secret, session, token)
@@ -163,11 +165,15 @@ class Authenticator:
         key = _usable(key)
         # The cookie rides along with any request the browser makes to this site, so a state-changing one must also
         # prove it comes from our own page: a token only that page was given (SameSite=Strict is the second line).
-        if request.method not in SAFE_METHODS and not sessions.csrf_matches(
-                secret, session, request.headers.get(sessions.CSRF_HEADER)):
-            raise InvalidCsrfToken("this request needs the page's CSRF token (X-CSRF-Token): reload the page")
+        if request.method not in SAFE_METHODS:
+            _check_csrf(secret, session, request)
         request.state.csrf = sessions.csrf_token(secret, session)
         return key
+
+
+def _check_csrf(secret: bytes, session: str, request: Request) -> None:
+    if not sessions.csrf_matches(secret, session, request.headers.get(sessions.CSRF_HEADER)):
+        raise InvalidCsrfToken("this request needs the page's CSRF token (X-CSRF-Token): reload the page")
 
 
 def _address(request: Request) -> str | None:
