@@ -30,7 +30,7 @@ from exporter.routes import datasets, exports, files, health, jobs, metrics, ope
 from exporter.services import Services
 from exporter.serving.bodies import BodyLimit
 from exporter.serving.relay import create_upstreams
-from exporter.serving.responses import SendTimeout
+from exporter.serving.sendtimeout import SendTimeout
 from exporter.sources.datasets import open_sources
 from exporter.web import pages, rendering
 
@@ -85,11 +85,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestIds)  # outermost: refusals get a request id and an access line too
     install_error_handlers(app, on_refused, rendering.error_page_for(settings.auth != "off"))
     app.openapi = lambda: document(app)  # type: ignore[method-assign]
-    app.add_middleware(SendTimeout, seconds=settings.send_timeout_seconds)
     if settings.trusted_proxies:
         # Outermost, so the audit log and the cookie's Secure flag see the client the proxy names. The servers
         # run uvicorn with proxy_headers off (it would trust 127.0.0.1): this is the one place that decides.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+    # Around the whole stack, Starlette's ServerErrorMiddleware too, so every response (its 500 as well) is
+    # covered, and SendTimeout is given the server's own send (see its docstring).
+    build_middleware_stack = app.build_middleware_stack
+    app.build_middleware_stack = (  # type: ignore[method-assign]
+        lambda: SendTimeout(build_middleware_stack(), seconds=settings.send_timeout_seconds))
     for module in (datasets, exports, jobs, files, proxy, health, metrics, openapi, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=rendering.STATIC), name="static")

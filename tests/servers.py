@@ -16,6 +16,8 @@ from typing import BinaryIO
 import uvicorn
 from starlette.types import ASGIApp
 
+from exporter.serving.sendtimeout import TransportInScope
+
 # A block of ports per pytest-xdist worker (gw0, gw1, ...; the serial run is block 0), below the kernel's ephemeral
 # range (ip_local_port_range starts at 32768). A port found free with bind(0) could be handed out by the kernel
 # again, to another test's server or a client, before the process it was meant for binds it; under xdist another
@@ -58,9 +60,10 @@ class ServerThread:
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        # As `exporter serve`: X-Forwarded-* count only as the app's EXPORTER_TRUSTED_PROXIES says.
+        # As `exporter serve`: X-Forwarded-* count only as the app's EXPORTER_TRUSTED_PROXIES says, and the send
+        # timeout sees the connection's transport.
         config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
-                                proxy_headers=False)
+                                proxy_headers=False, http=TransportInScope)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         daemon=True)

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from exporter.app import create_app
 from exporter.config import Settings
 from exporter.logs import configure_logging
+from exporter.serving.sendtimeout import TransportInScope
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ def serve(host: str, port: int, workers: int) -> int:
     # uvicorn's lines go through our handler (log_config=None); the access line is ours (logs.RequestIds).
     # X-Forwarded-* are honoured by the app, from EXPORTER_TRUSTED_PROXIES only; uvicorn's own handling would
     # trust them from 127.0.0.1, so any local client could choose the address the audit log records.
+    # TransportInScope: the send timeout sees what each client has acknowledged (sendtimeout.py).
     config = uvicorn.Config(APP, factory=True, host=host, port=port, log_config=None, access_log=False,
-                            proxy_headers=False)
+                            proxy_headers=False, http=TransportInScope)
     if workers == 1:
         DrainingServer(config).run()
         return 0

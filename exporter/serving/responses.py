@@ -1,9 +1,8 @@
 """stream_response: a streamed download (chunked, or with the Content-Length the headers give) whose body iterator
-is always closed, however the response ends; and SendTimeout, which abandons a response its client stopped reading."""
+is always closed, however the response ends."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import quote
@@ -11,15 +10,13 @@ from urllib.parse import quote
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from exporter.access.admission import Hold
 from exporter.errors import ExportError, error_response
 from exporter.serving.filechunks import iter_file_chunks
 from exporter.serving.files import SANDBOX, Target, if_range_holds, is_not_modified
 from exporter.serving.ranges import parse_range, range_body
-
-log = logging.getLogger(__name__)
 
 
 def content_disposition(filename: str) -> str:
@@ -155,31 +152,3 @@ class ChunkedResponse(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-
-class SendTimeout:
-    """ASGI middleware: a response whose client takes no data for `seconds` is abandoned, like nginx's
-    send_timeout. Each send may wait that long for the connection to drain; then TimeoutError (an OSError, as
-    for a client that left) is raised into the response, which closes its body iterator, so its database
-    connection, file or upstream request is released, and the server closes the connection without the end of
-    the body."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_within(message: Message) -> None:
-            try:
-                with anyio.fail_after(self.seconds):
-                    await send(message)
-            except TimeoutError:
-                client = scope.get("client")
-                log.warning("%s %s: the client %s took no data for %g s; aborting the response", scope["method"],
-                            scope["path"], client[0] if client else "?", self.seconds)
-                raise
-
-        await self.app(scope, receive, send_within)
