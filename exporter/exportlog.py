@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -44,17 +45,39 @@ class ExportRecord:
         self.rows = rows
 
 
-def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine
+def iter_recorded(chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine | None
                   ) -> AsyncIterator[bytes]:
     """`chunks`, counted. However it ends (completed, closed because the client left, or failed), `chunks` is
     closed and one export log row is written (and the download counted in the metrics) when this closes, even
     if it was never started: a class, since aclose() on an async generator that never started skips its
-    `finally`, and a relay's upstream connection is open from the start."""
+    `finally`, and a relay's upstream connection is open from the start.
+
+    With no `log_engine`, `chunks` is only counted: the caller writes the row when the download really ends (see
+    recording)."""
     return _Recorded(chunks, record, log_engine)
 
 
+@asynccontextmanager
+async def recording(record: ExportRecord, log_engine: AsyncEngine) -> AsyncIterator[None]:
+    """Write `record`'s row when the block ends: `completed` when it returns, `failed` with the error when it
+    raises, `aborted` when it is cancelled. For a job's run, which ends when its result file is in place, not
+    when its last chunk is made: a full disk after the last chunk fails the run."""
+    try:
+        yield
+    except Exception as error:
+        with anyio.CancelScope(shield=True):
+            await write_log(log_engine, record, "failed", f"{type(error).__name__}: {error}")
+        raise
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await write_log(log_engine, record, "aborted", None)
+        raise
+    await write_log(log_engine, record, "completed", None)
+
+
 class _Recorded:
-    def __init__(self, chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], record: ExportRecord, log_engine: AsyncEngine | None
+                 ) -> None:
         self._chunks = chunks
         self._record = record
         self._log_engine = log_engine
@@ -97,7 +120,8 @@ class _Recorded:
             finally:
                 if self._streaming:
                     metrics.ACTIVE_STREAMS.labels(self._record.kind).dec()
-                await write_log(self._log_engine, self._record, self._outcome, self._error)
+                if self._log_engine is not None:
+                    await write_log(self._log_engine, self._record, self._outcome, self._error)
 
 
 def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
