@@ -21,6 +21,7 @@ from exporter.audit import record_refusal
 from exporter.config import Settings
 from exporter.downloads import Downloads
 from exporter.errors import ExportError, TooManyFailedAttempts
+from exporter.exportlog import kept_backlog
 from exporter.handlers import install_error_handlers
 from exporter.jobs.submission import Submissions
 from exporter.jobs.worker import run_jobs
@@ -42,7 +43,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstreams = create_upstreams(settings.upstreams)
         try:
-            async with open_sources(settings) as (engine, catalog):
+            # The export log's backlog outlives the job workers, whose last rows are written as they stop.
+            async with open_sources(settings) as (engine, catalog), kept_backlog(
+                    engine, settings.export_log_backlog_rows):
                 auth = settings.auth != "off"
                 if not auth:
                     log.warning("EXPORTER_AUTH=off: every caller may read every dataset, file and upstream")

@@ -90,6 +90,19 @@ class DatabaseUnavailable(ExportError):
     status = 503
 
 
+class StorageFull(ExportError):
+    """A job's result could not be written: its disk (or quota) is full. Its partial file has been removed."""
+
+    status = 507
+
+
+class StorageUnavailable(ExportError):
+    """A job's result could not be written for another reason of its storage (an I/O error, a read-only or
+    missing folder; later an object store that does not answer). Its partial file has been removed."""
+
+    status = 503
+
+
 class UnknownRoot(ExportError):
     status = 404
 

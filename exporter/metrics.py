@@ -4,6 +4,7 @@ parameter value."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
@@ -21,6 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.models import Job
+
+log = logging.getLogger(__name__)
 
 KINDS = ("export", "file", "relay", "job_result")  # the downloads; job submissions and runs are counted as jobs
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -44,6 +47,10 @@ POOL_WAIT = Histogram("exporter_db_pool_wait_seconds", "Time an export waited fo
 COPY_PARTS = Histogram("exporter_copy_parts", "COPY parts (connections) per fast-path export: more than 1 ran in "
                        "parallel", buckets=(1, 2, 3, 4, 8, 16, 64))
 UPSTREAM_ERRORS = Counter("exporter_upstream_errors_total", "Upstream failures", ["upstream", "reason"])
+EXPORT_LOG_BACKLOG = Gauge("exporter_export_log_backlog", "Export log rows waiting for the database",
+                           multiprocess_mode="livesum")
+EXPORT_LOG_BACKLOG_DROPPED = Counter("exporter_export_log_backlog_dropped_total",
+                                     "Export log rows dropped because the backlog was full")
 
 
 def count_download(kind: str, name: str, fmt: str, outcome: str, size: int, rows: int, seconds: float) -> None:
@@ -59,12 +66,18 @@ def count_download(kind: str, name: str, fmt: str, outcome: str, size: int, rows
 
 
 async def render(engines: Mapping[str | None, AsyncEngine], jobs_engine: AsyncEngine) -> tuple[bytes, str]:
-    """The text format, with the gauges read now: jobs by state, and each pool's connections in use."""
-    async with jobs_engine.connect() as conn:
-        rows = await conn.execute(select(Job.state, func.count()).group_by(Job.state))
-        counts = {state: count for state, count in rows}
-    for state in ("queued", "running", "succeeded", "failed", "cancelled", "expired"):
-        JOBS.labels(state).set(counts.get(state, 0))
+    """The text format, with the gauges read now: jobs by state, and each pool's connections in use. While the
+    database is away the jobs keep their last counts, so the rest (the export log's backlog) still shows."""
+    try:
+        async with jobs_engine.connect() as conn:
+            rows = await conn.execute(select(Job.state, func.count()).group_by(Job.state))
+            counts = {state: count for state, count in rows}
+    except Exception as error:
+        log.warning("metrics: the jobs could not be counted (%s); their gauges keep their last values",
+                    type(error).__name__)
+    else:
+        for state in ("queued", "running", "succeeded", "failed", "cancelled", "expired"):
+            JOBS.labels(state).set(counts.get(state, 0))
     for name, engine in engines.items():
         POOL_IN_USE.labels(name or "service").set(engine.pool.checkedout())  # type: ignore[attr-defined]
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

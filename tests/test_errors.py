@@ -22,6 +22,8 @@ CODES: dict[type[ExportError], str] = {
     errors.TooManyRowsForXlsx: "too_many_rows_for_xlsx",
     errors.DatasetUnavailable: "dataset_unavailable",
     errors.DatabaseUnavailable: "database_unavailable",
+    errors.StorageFull: "storage_full",
+    errors.StorageUnavailable: "storage_unavailable",
     errors.UnknownRoot: "unknown_root",
     errors.FileNotFound: "file_not_found",
     errors.InvalidPath: "invalid_path",

@@ -37,7 +37,8 @@ AUTH_SETTINGS = ("auth", "link_ttl_seconds", "key_max_concurrent", "log_format",
 # Export formats; each also reads EXPORTER_<NAME> from the environment.
 FORMAT_SETTINGS = ("parquet_row_group_rows", "arrow_fast_path")
 # Limits that protect the databases and the service from slow or greedy clients; each reads EXPORTER_<NAME> too.
-LIMIT_SETTINGS = ("export_slots", "reserved_slots", "send_timeout_seconds", "statement_timeout_seconds")
+LIMIT_SETTINGS = ("export_slots", "reserved_slots", "send_timeout_seconds", "statement_timeout_seconds",
+                  "export_log_backlog_rows")
 # What the service accepts of a request before routing: its body's size, and whose X-Forwarded-* headers count.
 REQUEST_SETTINGS = ("max_body_bytes", "trusted_proxies")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -81,6 +82,7 @@ class Settings:
     failed_auth_limit: int = 20  # failed authentications per client address and window; beyond them, 429
     failed_auth_window_seconds: float = 60.0  # the window those are counted in, from its first failure
     failed_auth_delay_seconds: float = 1.0  # the wait before each failure's answer past half the limit
+    export_log_backlog_rows: int = 10_000  # export log rows kept in memory while the database is away
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -144,6 +146,8 @@ class Settings:
                 "failed_auth_window_seconds", cls.failed_auth_window_seconds)),
             failed_auth_delay_seconds=seconds("failed_auth_delay_seconds", data.get(
                 "failed_auth_delay_seconds", cls.failed_auth_delay_seconds)),
+            export_log_backlog_rows=whole("export_log_backlog_rows",
+                                          data.get("export_log_backlog_rows", cls.export_log_backlog_rows), 0),
         )
 
     @classmethod

@@ -4,21 +4,26 @@ again for a download only while the job's state says it is there (result_target)
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BufferedWriter
 from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
 
 from exporter.config import FileRootConfig
-from exporter.errors import JobCancelled, JobExpired, JobFailed, JobNotFinished
+from exporter.errors import JobCancelled, JobExpired, JobFailed, JobNotFinished, StorageFull, StorageUnavailable
 from exporter.jobs.views import filename
 from exporter.models import Job
 from exporter.serving.files import REVALIDATE, Target
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,15 @@ async def write_result(chunks: AsyncIterator[bytes], part: Path, final: Path) ->
     seen half-written, even after a crash. Returns the size and the sha256 (hex).
 
     Hashing and writing run in a worker thread, WRITE_BYTES at a time, so neither blocks the event loop.
-    `part` is removed however this ends early (an error, or cancellation); `chunks` is closed in every case.
+    A failure of the storage (not of `chunks`) raises StorageFull (ENOSPC, EDQUOT) or StorageUnavailable.
+    However this ends early (an error, or cancellation), neither `part` nor `final` is left behind; `chunks` is
+    closed in every case.
     """
     digest = hashlib.sha256()
     size = 0
+    renamed = False
     try:
-        file = await anyio.to_thread.run_sync(_create, part)
+        file = await _on_disk(_create, part)
         try:
             # Filled on the event loop's thread, whose heap is reused from job to job; a buffer joined in the
             # worker threads left a few MiB in each of their malloc arenas.
@@ -86,23 +94,46 @@ async def write_result(chunks: AsyncIterator[bytes], part: Path, final: Path) ->
             async for chunk in chunks:
                 pending += chunk
                 if len(pending) >= WRITE_BYTES:
-                    await anyio.to_thread.run_sync(_write, file, digest, pending)
+                    await _on_disk(_write, file, digest, pending)
                     size += len(pending)
                     pending.clear()
-            await anyio.to_thread.run_sync(_write, file, digest, pending, True)
+            await _on_disk(_write, file, digest, pending, True)
             size += len(pending)
         finally:
-            file.close()
-        os.replace(part, final)
-        await anyio.to_thread.run_sync(_fsync_directory, final.parent)
+            # After a failed write the buffer may still hold bytes that fail again here; that error would hide
+            # the first one. On success the last _write flushed everything already.
+            with contextlib.suppress(OSError):
+                file.close()
+        await _on_disk(os.replace, part, final)
+        renamed = True
+        await _on_disk(_fsync_directory, final.parent)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await anyio.Path(part).unlink(missing_ok=True)
+            if renamed:  # the rename may not be durable: the job fails, so its file goes too
+                await anyio.Path(final).unlink(missing_ok=True)
         raise
     finally:
         with anyio.CancelScope(shield=True):
             await chunks.aclose()  # type: ignore[attr-defined]
     return size, digest.hexdigest()
+
+
+async def _on_disk(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a worker thread, its OSError told as the storage's error (see storage_error)."""
+    try:
+        return await anyio.to_thread.run_sync(function, *args)
+    except OSError as error:
+        raise storage_error(error) from error
+
+
+def storage_error(error: OSError) -> StorageFull | StorageUnavailable:
+    """The job's error for a failed write of its result. The message never names the server's paths."""
+    reason = os.strerror(error.errno) if error.errno else type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"the job's result could not be written: the results storage is full ({reason}); "
+                           "try again once space is free")
+    return StorageUnavailable(f"the job's result could not be written: the results storage failed ({reason})")
 
 
 def _create(path: Path) -> BufferedWriter:

@@ -23,7 +23,7 @@ from exporter.config import Settings
 from exporter.errors import ExportError
 from exporter.export.pipeline import iter_export, open_chunks
 from exporter.export.request import export_media_type, prepare_export
-from exporter.exportlog import ExportRecord, grouped, iter_recorded
+from exporter.exportlog import ExportRecord, grouped, iter_recorded, recording
 from exporter.jobs import wakeups
 from exporter.jobs.queue import JobQueue, now
 from exporter.jobs.results import Result, part_path, result_path, write_result
@@ -165,9 +165,11 @@ class Runner:
         chunks = open_chunks(export.dataset, export.query, export.options, self._settings, record,
                              wait_for_slot=True)
         body = iter_recorded(iter_export(chunks, compression=export.compression, record=record,
-                                         max_rows=export.max_rows), record, self._log_engine)
+                                         max_rows=export.max_rows), record, None)
         jobs_dir = self._settings.jobs_dir
-        return await write_result(body, part_path(jobs_dir, job), result_path(jobs_dir, job))
+        # The run ends when its file is in place: its row is written then, so a full disk logs it failed.
+        async with recording(record, self._log_engine):
+            return await write_result(body, part_path(jobs_dir, job), result_path(jobs_dir, job))
 
     async def _janitor(self) -> None:
         while True:
