@@ -44,6 +44,8 @@ POOL_WAIT = Histogram("exporter_db_pool_wait_seconds", "Time an export waited fo
 COPY_PARTS = Histogram("exporter_copy_parts", "COPY parts (connections) per fast-path export: more than 1 ran in "
                        "parallel", buckets=(1, 2, 3, 4, 8, 16, 64))
 UPSTREAM_ERRORS = Counter("exporter_upstream_errors_total", "Upstream failures", ["upstream", "reason"])
+EVENT_LOOP_LAG = Gauge("exporter_event_loop_lag_seconds", "The worst delay of the event loop in the last 10 s: how "
+                       "long a ready request waited to be served", multiprocess_mode="livemax")
 
 
 def count_download(kind: str, name: str, fmt: str, outcome: str, size: int, rows: int, seconds: float) -> None:
