@@ -52,6 +52,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.formats
 	$(BIN)/python -m tests.bench.auth
 	$(BIN)/python -m tests.bench.jobs
+	$(BIN)/python -m tests.bench.responsive
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

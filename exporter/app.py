@@ -21,6 +21,7 @@ from exporter.audit import record_refusal
 from exporter.config import Settings
 from exporter.downloads import Downloads
 from exporter.errors import ExportError, TooManyFailedAttempts
+from exporter.eventloop import watch_lag
 from exporter.exportlog import kept_backlog
 from exporter.handlers import install_error_handlers
 from exporter.jobs.submission import Submissions
@@ -63,10 +64,12 @@ def create_app(settings: Settings) -> FastAPI:
                         log.warning("no API key exists, so every request is refused (401). Create one with: "
                                     "exporter keys create NAME --grant 'dataset:*'")
                     watcher = asyncio.create_task(limits.watch())
+                    lag = asyncio.create_task(watch_lag())
                     try:
                         yield
                     finally:
                         watcher.cancel()
+                        lag.cancel()
                         await limits.close()
         finally:
             for upstream in upstreams.values():

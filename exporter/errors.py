@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import ClassVar
 
-from fastapi.responses import JSONResponse
+from starlette.responses import JSONResponse  # fastapi re-exports it, but importing fastapi loads all of pydantic
 
 from exporter.redaction import redact_tokens, redacted
 

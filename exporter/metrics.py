@@ -51,6 +51,8 @@ EXPORT_LOG_BACKLOG = Gauge("exporter_export_log_backlog", "Export log rows waiti
                            multiprocess_mode="livesum")
 EXPORT_LOG_BACKLOG_DROPPED = Counter("exporter_export_log_backlog_dropped_total",
                                      "Export log rows dropped because the backlog was full")
+EVENT_LOOP_LAG = Gauge("exporter_event_loop_lag_seconds", "The worst delay of the event loop in the last 10 s: how "
+                       "long a ready request waited to be served", multiprocess_mode="livemax")
 
 
 def count_download(kind: str, name: str, fmt: str, outcome: str, size: int, rows: int, seconds: float) -> None:

@@ -34,6 +34,10 @@ SQLITE_EXPORT_SLOTS = 4
 # A download's hold lapses this long after its process last renewed it (every WATCH_SECONDS): a crashed process's
 # places come back within this time.
 HOLD_LEASE_SECONDS = 30.0
+# After the drain, how long the downloads still running get to stop: cancel their query, give back their
+# connection, write their export log row (milliseconds, normally). The process must exit within the drain plus
+# 1 s (issue 19), and this is the larger part of that second.
+STOP_GRACE_SECONDS = 0.5
 
 
 def rate_limit_headers(most: int, remaining: int) -> dict[str, str]:
@@ -208,7 +212,7 @@ class Limits:
 
     async def drain(self, seconds: float) -> None:
         """Refuse new downloads, give those in flight `seconds` to finish, then stop the rest (incomplete
-        transfers) and wait a moment for them to close."""
+        transfers) and wait up to STOP_GRACE_SECONDS for them to close."""
         self.draining = True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -217,7 +221,7 @@ class Limits:
             log.warning("drain: stopping %d downloads still running after %.0f s", self._in_flight, seconds)
             self._aborted.set()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(STOP_GRACE_SECONDS):
                     await self._idle.wait()
 
     async def watch(self) -> None:

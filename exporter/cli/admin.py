@@ -8,12 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from exporter.access.grants import parse_duration, parse_grant, parse_restrictions
-from exporter.access.keys import Keys
-from exporter.audit import COLUMNS, audit_rows
 from exporter.config import Settings
 from exporter.errors import ConfigError
-from exporter.sources.engines import create_db_engine
 
 
 def add_commands(commands: Any) -> None:
@@ -44,6 +40,12 @@ def add_commands(commands: Any) -> None:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here, not above: main.py imports this module for add_commands in every process, and `exporter serve
+    # --workers N`'s supervising parent should not load SQLAlchemy for it (issue 19).
+    from exporter.access.grants import parse_duration, parse_grant, parse_restrictions
+    from exporter.access.keys import Keys
+    from exporter.sources.engines import create_db_engine
+
     engine = create_db_engine(settings.database_url, application_name="exporter-admin")
     try:
         if args.command == "audit":
@@ -72,6 +74,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _audit(engine: Any, args: argparse.Namespace) -> int:
+    from exporter.audit import COLUMNS, audit_rows
+
     since = None
     if args.since:
         try:

@@ -115,14 +115,17 @@ class _Reader:
         self._cursor.execute(sql, args or None)
         self._batches = self._cursor.fetch_record_batch()
 
-    def next_batch(self) -> pa.RecordBatch | None:
+    def next_batch(self, schema: pa.Schema) -> pa.RecordBatch | None:
+        """The next record batch, converted to `schema`; None after the last."""
         assert self._batches is not None
         try:
-            return self._batches.read_next_batch()
+            batch = self._batches.read_next_batch()
         except StopIteration:
             with self._lock:
                 self._running = False
             return None
+        arrays = [_converted(array, field.type) for array, field in zip(batch.columns, schema, strict=True)]
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     def cancel(self) -> None:
         """Stop the query, running or about to run; safe from any thread."""
@@ -159,11 +162,12 @@ async def iter_arrow(engine: AsyncEngine, query: ExportQuery, schema: pa.Schema)
             await asyncio.wrap_future(executor.submit(reader.start, sql, args))
             # Read one batch ahead: ADBC (in its thread, without the GIL) fetches the next batch while this one
             # is converted, encoded and sent, so the two use both cores instead of taking turns.
-            reading = executor.submit(reader.next_batch)
+            # The batch is converted to `schema` there too: casting a batch of text to decimals takes tens of
+            # milliseconds, which on the event loop's thread would hold up every other request (issue 19).
+            reading = executor.submit(reader.next_batch, schema)
             while (batch := await asyncio.wrap_future(reading)) is not None:
-                reading = executor.submit(reader.next_batch)
-                arrays = [_converted(array, field.type) for array, field in zip(batch.columns, schema, strict=True)]
-                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+                reading = executor.submit(reader.next_batch, schema)
+                yield batch
     finally:
         with anyio.CancelScope(shield=True):
             await _close(executor, connecting)

@@ -1,4 +1,5 @@
-"""Streaming gzip and zstd for compressed file names (`.gz`, `.zst`) and Accept-Encoding."""
+"""Streaming gzip and zstd for compressed file names (`.gz`, `.zst`) and Accept-Encoding; the compression runs in
+a worker thread (off_loop), never on the event loop."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import zlib
 from collections.abc import AsyncIterator
 
 import zstandard
+
+from exporter.eventloop import off_loop
 
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3  # zstd's default: faster than gzip -6 and smaller
@@ -20,8 +23,8 @@ async def iter_gzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     try:
         async for chunk in chunks:
-            yield compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        yield compressor.flush(zlib.Z_FINISH)
+            yield await off_loop(_gzip_block, compressor, chunk)
+        yield await off_loop(compressor.flush, zlib.Z_FINISH)
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
 
@@ -35,10 +38,18 @@ async def iter_zstd(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compressobj()
     try:
         async for chunk in chunks:
-            yield compressor.compress(chunk) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-        yield compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+            yield await off_loop(_zstd_block, compressor, chunk)
+        yield await off_loop(compressor.flush, zstandard.COMPRESSOBJ_FLUSH_FINISH)
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _gzip_block(compressor: zlib._Compress, chunk: bytes) -> bytes:
+    return compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _zstd_block(compressor: zstandard.ZstdCompressionObj, chunk: bytes) -> bytes:
+    return compressor.compress(chunk) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
 
 COMPRESSORS = {"gzip": iter_gzip, "zstd": iter_zstd}

@@ -14,6 +14,7 @@ import pyarrow as pa
 from exporter.access.admission import ExportSlots
 from exporter.config import Settings
 from exporter.errors import RowLimitExceeded, StatementTimeout, TooManyRowsForXlsx
+from exporter.eventloop import off_loop
 from exporter.export.adbc import iter_arrow
 from exporter.export.compression import COMPRESSORS
 from exporter.export.copy import copy_applies, copy_options
@@ -92,9 +93,9 @@ async def _iter_encoded_arrow(batches: AsyncIterator[pa.RecordBatch],
     try:
         async for batch in batches:
             record.rows += batch.num_rows
-            yield pending + serializer.encode_arrow(batch)
+            yield pending + await off_loop(serializer.encode_arrow, batch)
             pending = b""
-        yield pending + serializer.footer()
+        yield pending + await off_loop(serializer.footer)
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
 
@@ -110,14 +111,16 @@ async def _iter_prefixed(prefix: bytes, chunks: AsyncIterator[bytes]) -> AsyncIt
 
 async def iter_encoded(batches: AsyncIterator[Sequence[Any]], serializer: Serializer, record: ExportRecord
                        ) -> AsyncIterator[bytes]:
-    """One chunk per batch; the header travels with the first batch, so the first chunk proves the query runs."""
+    """One chunk per batch; the header travels with the first batch, so the first chunk proves the query runs.
+    Batches are encoded in a worker thread (off_loop), so a Parquet row group or an XLSX batch never holds up
+    the event loop."""
     pending = serializer.header()
     try:
         async for batch in batches:
             record.rows += len(batch)
-            yield pending + serializer.encode(batch)
+            yield pending + await off_loop(serializer.encode, batch)
             pending = b""
-        yield pending + serializer.footer()
+        yield pending + await off_loop(serializer.footer)
     finally:
         try:
             await batches.aclose()  # type: ignore[attr-defined]
