@@ -3,7 +3,6 @@ the routers are mounted; every error has one JSON shape."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +31,8 @@ from exporter.serving.bodies import BodyLimit
 from exporter.serving.relay import create_upstreams
 from exporter.serving.responses import SendTimeout
 from exporter.sources.datasets import open_sources
+from exporter.sources.probes import DatabaseProbe
+from exporter.supervision import Supervisor
 from exporter.web import pages, rendering
 
 log = logging.getLogger(__name__)
@@ -48,22 +49,28 @@ def create_app(settings: Settings) -> FastAPI:
                     log.warning("EXPORTER_AUTH=off: every caller may read every dataset, file and upstream")
                 link_secret = await load_secret(engine, "link") if auth else None
                 session_secret = await load_secret(engine, "session") if auth else None
-                async with run_jobs(settings, catalog, engine, link_secret) as runner:
+                # Every background loop runs under the supervisor; leaving the block stops them, the job
+                # workers first (run_jobs), which hand their jobs back.
+                async with (Supervisor() as supervisor,
+                            run_jobs(settings, catalog, engine, supervisor, link_secret) as runner):
                     limits = Limits(runner.keys, engine, settings.key_max_concurrent)
                     throttle = FailedAuthThrottle(settings.failed_auth_limit, settings.failed_auth_window_seconds,
                                                   settings.failed_auth_delay_seconds)
+                    databases = DatabaseProbe(catalog.engines)
+                    await databases.probe()
                     app.state.services = Services(
                         settings, engine, catalog, upstreams, Authenticator(runner.keys, session_secret, throttle),
                         limits,
-                        Downloads(limits, engine, settings), runner, Submissions(runner.jobs, limits, engine))
+                        Downloads(limits, engine, settings), runner, Submissions(runner.jobs, limits, engine),
+                        supervisor, databases)
                     if auth and not await runner.keys.count():
                         log.warning("no API key exists, so every request is refused (401). Create one with: "
                                     "exporter keys create NAME --grant 'dataset:*'")
-                    watcher = asyncio.create_task(limits.watch())
+                    supervisor.add("download-watch", limits.watch)
+                    supervisor.add("database-probe", databases.run)
                     try:
                         yield
                     finally:
-                        watcher.cancel()
                         await limits.close()
         finally:
             for upstream in upstreams.values():

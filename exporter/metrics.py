@@ -44,6 +44,11 @@ POOL_WAIT = Histogram("exporter_db_pool_wait_seconds", "Time an export waited fo
 COPY_PARTS = Histogram("exporter_copy_parts", "COPY parts (connections) per fast-path export: more than 1 ran in "
                        "parallel", buckets=(1, 2, 3, 4, 8, 16, 64))
 UPSTREAM_ERRORS = Counter("exporter_upstream_errors_total", "Upstream failures", ["upstream", "reason"])
+# With several processes, a loop is up only if it runs in every one of them.
+LOOP_UP = Gauge("exporter_background_loop_up", "1 while the background loop runs, 0 while it waits to be started "
+                "again", ["loop"], multiprocess_mode="livemin")
+LOOP_RESTARTS = Counter("exporter_background_loop_restarts_total", "Background loops started again after they "
+                        "failed", ["loop"])
 
 
 def count_download(kind: str, name: str, fmt: str, outcome: str, size: int, rows: int, seconds: float) -> None:
