@@ -3,7 +3,6 @@ the routers are mounted; every error has one JSON shape."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from exporter.config import Settings
 from exporter.downloads import Downloads
 from exporter.errors import ExportError, TooManyFailedAttempts
 from exporter.eventloop import watch_lag
-from exporter.exportlog import kept_backlog
+from exporter.exportlog import flush_backlog, kept_backlog
 from exporter.handlers import install_error_handlers
 from exporter.jobs.submission import Submissions
 from exporter.jobs.worker import run_jobs
@@ -34,6 +33,8 @@ from exporter.serving.bodies import BodyLimit
 from exporter.serving.relay import create_upstreams
 from exporter.serving.sendtimeout import SendTimeout
 from exporter.sources.datasets import open_sources
+from exporter.sources.probes import DatabaseProbe
+from exporter.supervision import Supervisor
 from exporter.web import pages, rendering
 
 log = logging.getLogger(__name__)
@@ -46,30 +47,36 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             # The export log's backlog outlives the job workers, whose last rows are written as they stop.
             async with open_sources(settings) as (engine, catalog), kept_backlog(
-                    engine, settings.export_log_backlog_rows):
+                    engine, settings.export_log_backlog_rows) as backlog:
                 auth = settings.auth != "off"
                 if not auth:
                     log.warning("EXPORTER_AUTH=off: every caller may read every dataset, file and upstream")
                 link_secret = await load_secret(engine, "link") if auth else None
                 session_secret = await load_secret(engine, "session") if auth else None
-                async with run_jobs(settings, catalog, engine, link_secret) as runner:
+                # Every background loop runs under the supervisor; leaving the block stops them, the job
+                # workers first (run_jobs), which hand their jobs back.
+                async with (Supervisor() as supervisor,
+                            run_jobs(settings, catalog, engine, supervisor, link_secret) as runner):
                     limits = Limits(runner.keys, engine, settings.key_max_concurrent)
                     throttle = FailedAuthThrottle(settings.failed_auth_limit, settings.failed_auth_window_seconds,
                                                   settings.failed_auth_delay_seconds)
+                    databases = DatabaseProbe(catalog.engines)
+                    await databases.probe()
                     app.state.services = Services(
                         settings, engine, catalog, upstreams, Authenticator(runner.keys, session_secret, throttle),
                         limits,
-                        Downloads(limits, engine, settings), runner, Submissions(runner.jobs, limits, engine))
+                        Downloads(limits, engine, settings), runner, Submissions(runner.jobs, limits, engine),
+                        supervisor, databases)
                     if auth and not await runner.keys.count():
                         log.warning("no API key exists, so every request is refused (401). Create one with: "
                                     "exporter keys create NAME --grant 'dataset:*'")
-                    watcher = asyncio.create_task(limits.watch())
-                    lag = asyncio.create_task(watch_lag())
+                    supervisor.add("download-watch", limits.watch)
+                    supervisor.add("database-probe", databases.run)
+                    supervisor.add("event-loop-lag", watch_lag)
+                    supervisor.add("export-log-flusher", lambda: flush_backlog(backlog))
                     try:
                         yield
                     finally:
-                        watcher.cancel()
-                        lag.cancel()
                         await limits.close()
         finally:
             for upstream in upstreams.values():

@@ -87,7 +87,10 @@ class DatasetUnavailable(ExportError):
 
 
 class DatabaseUnavailable(ExportError):
+    """A database refused the connection or went away (see outages.py)."""
+
     status = 503
+    retry_after_seconds = 5  # PostgreSQL's restart or failover takes seconds
 
 
 class StorageFull(ExportError):

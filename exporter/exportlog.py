@@ -282,15 +282,13 @@ async def flush_backlog(backlog: Backlog) -> None:
 
 @asynccontextmanager
 async def kept_backlog(engine: AsyncEngine, max_rows: int) -> AsyncIterator[Backlog]:
-    """`engine`'s backlog, flushed by a task (flush_backlog) until the block ends; then what still waits gets
-    one last try of up to LAST_FLUSH_SECONDS, and is logged as lost if the database is still away."""
+    """`engine`'s backlog until the block ends; run flush_backlog(backlog) meanwhile (the app's supervisor does).
+    At the end what still waits gets one last try of up to LAST_FLUSH_SECONDS, and is logged as lost if the
+    database is still away."""
     backlog = _BACKLOGS[engine] = Backlog(engine, max_rows)
-    flusher = asyncio.create_task(flush_backlog(backlog))
     try:
         yield backlog
     finally:
-        flusher.cancel()
-        await asyncio.gather(flusher, return_exceptions=True)
         del _BACKLOGS[engine]
         with anyio.CancelScope(shield=True), anyio.move_on_after(LAST_FLUSH_SECONDS), suppress(Exception):
             await backlog.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +13,10 @@ from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from exporter.errors import ExportError, error_body, error_response
+from exporter.errors import DatabaseUnavailable, ExportError, error_body, error_response
+from exporter.outages import DRIVER_ERRORS, is_outage, outage_reason
+
+log = logging.getLogger(__name__)
 
 
 def install_error_handlers(app: FastAPI,
@@ -44,7 +48,18 @@ def install_error_handlers(app: FastAPI,
         return JSONResponse(error_body("invalid_parameter", f"{'.'.join(location)}: {first.get('msg')}", parameter),
                             status_code=400)
 
+    async def on_driver_error(request: Request, exc: Exception) -> Response:
+        """A database that went away, met outside the paths that turn it into DatabaseUnavailable (the service
+        database's reads and writes: jobs, keys, the export log): 503 with Retry-After, not a plain 500."""
+        if not is_outage(exc):
+            raise exc  # a plain 500, as before
+        reason = outage_reason(exc)
+        log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, reason)
+        return await on_export_error(request, DatabaseUnavailable(f"the database is unavailable ({reason})"))
+
     app.add_exception_handler(ExportError, on_export_error)
+    for driver_error in DRIVER_ERRORS:
+        app.add_exception_handler(driver_error, on_driver_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
 

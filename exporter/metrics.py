@@ -53,6 +53,11 @@ EXPORT_LOG_BACKLOG_DROPPED = Counter("exporter_export_log_backlog_dropped_total"
                                      "Export log rows dropped because the backlog was full")
 EVENT_LOOP_LAG = Gauge("exporter_event_loop_lag_seconds", "The worst delay of the event loop in the last 10 s: how "
                        "long a ready request waited to be served", multiprocess_mode="livemax")
+# With several processes, a loop is up only if it runs in every one of them.
+LOOP_UP = Gauge("exporter_background_loop_up", "1 while the background loop runs, 0 while it waits to be started "
+                "again", ["loop"], multiprocess_mode="livemin")
+LOOP_RESTARTS = Counter("exporter_background_loop_restarts_total", "Background loops started again after they "
+                        "failed", ["loop"])
 
 
 def count_download(kind: str, name: str, fmt: str, outcome: str, size: int, rows: int, seconds: float) -> None:

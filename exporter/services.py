@@ -20,6 +20,8 @@ from exporter.jobs.submission import Submissions
 from exporter.jobs.worker import Runner
 from exporter.serving.relay import Upstream
 from exporter.sources.datasets import Catalog
+from exporter.sources.probes import DatabaseProbe
+from exporter.supervision import Supervisor
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Services:
     downloads: Downloads
     runner: Runner
     submissions: Submissions
+    supervisor: Supervisor  # the background loops: add one with supervisor.add(name, factory)
+    databases: DatabaseProbe  # whether each database answers, for /readyz
 
     @property
     def jobs(self) -> JobQueue:

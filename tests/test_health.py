@@ -16,7 +16,10 @@ def test_healthz_and_readyz_answer_when_the_database_is_reachable(
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "databases": {"service": "ok"}}
+    loops = ["job-worker-0", "job-worker-1", "job-janitor", "download-watch", "database-probe", "event-loop-lag",
+             "export-log-flusher"]
+    loops += ["job-listener"] if db.dialect == "postgresql" else []
+    assert ready.json() == {"status": "ok", "databases": {"service": "ok"}, "loops": dict.fromkeys(loops, "up")}
 
 
 def test_readyz_is_503_when_a_source_database_is_unreachable(

@@ -84,12 +84,14 @@ async def _work(settings: Settings) -> int:
     """Job workers until SIGTERM or SIGINT; their jobs are then handed back to the queue."""
     from exporter.jobs.worker import run_jobs
     from exporter.sources.datasets import open_sources
+    from exporter.supervision import Supervisor
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_sources(settings) as (engine, catalog), run_jobs(settings, catalog, engine):
+    async with (open_sources(settings) as (engine, catalog), Supervisor() as supervisor,
+                run_jobs(settings, catalog, engine, supervisor)):
         logging.getLogger(__name__).info("job workers: %d running", settings.job_workers)
         await stop.wait()
     return 0

@@ -30,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from exporter.errors import DatabaseUnavailable, DatasetUnavailable
 from exporter.export.queries import ExportQuery
 from exporter.formats.arrow import arrow_column
+from exporter.outages import is_outage, outage_reason
 from exporter.sources.datasets import Column
 from exporter.sources.engines import APPLICATION_NAME, positional_sql
 
@@ -80,10 +81,14 @@ def _url(engine: AsyncEngine) -> str:
 def _adbc_errors() -> Iterator[None]:
     try:
         yield
-    except adbc_driver_manager.OperationalError as error:
-        raise DatabaseUnavailable(f"export: the database is unreachable ({str(error).splitlines()[0]})") from error
-    except adbc_driver_manager.Error as error:
-        raise DatasetUnavailable(f"export: the query failed ({str(error).splitlines()[0]})") from error
+    except (adbc_driver_manager.Error, OSError) as error:
+        # A lost connection comes out of the Arrow stream as a bare OSError ("[libpq] ... server closed the
+        # connection unexpectedly"), which was a job's internal_error.
+        if is_outage(error):
+            raise DatabaseUnavailable(f"export: the database is unreachable ({outage_reason(error)})") from error
+        if isinstance(error, adbc_driver_manager.Error):
+            raise DatasetUnavailable(f"export: the query failed ({str(error).splitlines()[0]})") from error
+        raise
 
 
 class _Reader:

@@ -34,7 +34,7 @@ from exporter.metrics import QUEUE_WAIT
 from exporter.models import Job
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe's alphabet
-MAX_ATTEMPTS = 3  # a job whose worker died this many times is failed
+MAX_ATTEMPTS = 3  # a job whose worker died, or whose database went away, this many times is failed
 _COLUMNS = tuple(Job.__table__.columns)
 
 
@@ -207,6 +207,21 @@ class JobQueue:
                            {"state": "failed", "finished_at": now(), "error_code": code, "error_message": message,
                             "lease_owner": None, "lease_expires_at": None},
                            ["state", "failed"])
+
+    async def retry(self, job: Job, owner: str, code: str, message: str) -> None:
+        """This owner's attempt failed for a reason that passes (its database went away): the job goes back to
+        the queue as a lost worker's does, and the attempt counts; the attempt MAX_ATTEMPTS fails it with `code`
+        and `message`. Like every finishing write, it does nothing once the job is no longer this owner's (the
+        janitor requeued it when its lease ran out meanwhile, or DELETE cancelled it)."""
+        if job.attempt >= MAX_ATTEMPTS:
+            await self.fail(job, owner, code, f"{message} (attempt {job.attempt} of {MAX_ATTEMPTS})")
+            return
+        changed = await self._change(job.id, self._owned(owner),
+                                     {"state": "queued", "started_at": None, "rows": 0, "bytes": 0,
+                                      "lease_owner": None, "lease_expires_at": None}, ["state"])
+        if changed is not None:
+            await self.events.announce_positions()
+            await self._announce_queued()
 
     async def hand_back(self, job: Job, owner: str) -> None:
         """Put a job this owner runs back in the queue at once (shutdown); the attempt does not count."""

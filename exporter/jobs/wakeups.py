@@ -2,14 +2,13 @@
 
 Within a process, whoever commits a change wakes the waiters directly. Across replicas on PostgreSQL the change
 is announced with NOTIFY at commit, and one LISTEN connection per process passes it on. Every waiter also polls,
-so a missed notification (a dropped LISTEN connection, SQLite's replicas) costs only a delay.
+so a missed notification (a dropped LISTEN connection, a database outage, SQLite's replicas) costs only a delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,12 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-log = logging.getLogger(__name__)
-
 CHANNEL = "exporter_jobs"
 QUEUE = "*"  # the key woken when a job is queued; job ids never equal it
 POLL_SECONDS = 1.0  # how long a waiter sleeps when nothing wakes it
-RECONNECT_SECONDS = 2.0
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class Notifier:
@@ -51,21 +48,18 @@ class Notifier:
             event.set()
 
     async def listen(self, database_url: str) -> None:
-        """Pass PostgreSQL notifications on CHANNEL to wake(); runs until cancelled, reconnecting after a failure."""
+        """Pass PostgreSQL notifications on CHANNEL to wake() until the connection is lost, then raise
+        ConnectionResetError; a failed connect raises too. Run it as a supervised loop (supervision.py), which
+        connects it again after a backoff; the waiters poll meanwhile."""
         url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        while True:
-            try:
-                conn = await asyncpg.connect(url, server_settings={"application_name": "exporter-jobs"})
-            except (OSError, asyncpg.PostgresError) as error:
-                log.warning("job notifications: cannot connect (%s); polling meanwhile", error)
-                await asyncio.sleep(RECONNECT_SECONDS)
-                continue
-            try:
-                await self._listen_on(conn)
-                log.warning("job notifications: connection lost; reconnecting")
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(conn.close(timeout=2))
+        conn = await asyncpg.connect(url, server_settings={"application_name": "exporter-jobs"},
+                                     timeout=CONNECT_TIMEOUT_SECONDS)
+        try:
+            await self._listen_on(conn)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close(timeout=2))
+        raise ConnectionResetError("job notifications: the connection to the database was lost")
 
     async def _listen_on(self, conn: asyncpg.Connection) -> None:
         """Until the connection is lost."""

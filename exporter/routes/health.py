@@ -1,4 +1,4 @@
-"""GET /healthz (the process is up) and GET /readyz (every database answers)."""
+"""GET /healthz (the process is up) and GET /readyz (every database answers and every background loop runs)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter.services import ServicesDep
 
 router = APIRouter(tags=["health"])
 READINESS = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["ok", "unavailable", "draining"]},
-    "databases": {"type": "object", "additionalProperties": {"type": "string", "enum": ["ok", "unreachable"]}}}}
+    "databases": {"type": "object", "additionalProperties": {"type": "string", "enum": ["ok", "unreachable"]}},
+    "loops": {"type": "object", "additionalProperties": {"type": "string", "enum": ["up", "down"]}}}}
 # /readyz's 503 is its own body, not the error shape: the OpenAPI document lists it from here.
 NOT_READY: dict[int | str, dict[str, Any]] = {503: {
-    "description": "not ready: a database does not answer, or the server is draining",
+    "description": "not ready: a database does not answer, a background loop is down, or the server is draining",
     "content": {"application/json": {"schema": READINESS}}}}
 
 
@@ -28,19 +27,13 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz", responses=NOT_READY)
 async def readyz(services: ServicesDep) -> JSONResponse:
+    """From the background probe's last round (sources/probes.py: at most a few seconds old), never a query of
+    its own, so it answers at once under load."""
     if services.limits.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
-    checks = {name or "service": await _ping(engine) for name, engine in services.catalog.engines.items()}
-    ready = all(checks.values())
-    body = {"status": "ok" if ready else "unavailable", "databases": {n: "ok" if ok else "unreachable"
-                                                                    for n, ok in checks.items()}}
+    databases, loops = services.databases.answering(), services.supervisor.loops()
+    ready = all(databases.values()) and all(loops.values())
+    body = {"status": "ok" if ready else "unavailable",
+            "databases": {name: "ok" if ok else "unreachable" for name, ok in databases.items()},
+            "loops": {name: "up" if up else "down" for name, up in loops.items()}}
     return JSONResponse(body, status_code=200 if ready else 503)
-
-
-async def _ping(engine: AsyncEngine) -> bool:
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception:
-        return False
-    return True

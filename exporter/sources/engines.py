@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from exporter import metrics
 from exporter.errors import DatabaseUnavailable, DatasetUnavailable
+from exporter.outages import is_outage
 
 APPLICATION_NAME = "exporter"
 POOL_SIZE = 10
@@ -77,6 +78,8 @@ def database_errors(what: str) -> Iterator[None]:
             asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError) as error:
         raise DatabaseUnavailable(f"{what}: the database is unreachable ({_reason(error)})") from error
     except (exc.DBAPIError, asyncpg.PostgresError) as error:
+        if is_outage(error):  # the server ended the session: shutting down, or the backend was terminated
+            raise DatabaseUnavailable(f"{what}: the database went away ({_reason(error)})") from error
         raise DatasetUnavailable(f"{what}: the query failed ({_reason(error)})") from error
 
 

@@ -18,6 +18,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 
 from exporter.config import Settings
 from exporter.formats import FORMATS
+from exporter.jobs.queue import MAX_ATTEMPTS
 from tests.conftest import Database
 from tests.helpers import wait_for
 from tests.servers import ServerThread
@@ -447,17 +448,18 @@ def export_queries(pg: Database) -> list[int]:
     return [row.pid for row in rows]
 
 
-def test_a_job_whose_backend_is_terminated_fails_and_its_result_says_so(pg: Database, serve: Serve,
-                                                                         tmp_path: Path) -> None:
+def test_a_job_whose_backend_is_terminated_on_every_attempt_fails_and_its_result_says_so(
+        pg: Database, serve: Serve, tmp_path: Path) -> None:
     make_slow(pg)
     server = serve(settings(pg, tmp_path, datasets=SLOW, batch_rows=100))
     job_id = submit(server, dataset="slow", params={}).json()["id"]
-    wait_for(lambda: job(server, job_id)["rows"] > 0)
-    pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'exporter'"
-               " AND datname = current_database() AND pid <> pg_backend_pid()")
+    for attempt in range(1, MAX_ATTEMPTS + 1):  # a lost connection is retried, like a lost worker (issue 19)
+        wait_for(lambda: (found := job(server, job_id))["attempt"] == attempt and found["rows"] > 0)  # noqa: B023
+        pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'exporter'"
+                   " AND datname = current_database() AND pid <> pg_backend_pid()")
     failed = wait_state(server, job_id, *TERMINAL)
-    assert failed["state"] == "failed"
-    assert failed["error"]["code"] in ("database_unavailable", "dataset_unavailable")
+    assert (failed["state"], failed["attempt"]) == ("failed", MAX_ATTEMPTS)
+    assert failed["error"]["code"] == "database_unavailable"
     assert [e.event for e in events(server, job_id)] == ["state", "failed"]
     result = httpx.get(f"{server.url}/jobs/{job_id}/result")
     assert (result.status_code, result.json()["error"]["code"]) == (409, "job_failed")
