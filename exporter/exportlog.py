@@ -142,11 +142,14 @@ def grouped(params: list[tuple[str, str]]) -> dict[str, list[str]]:
     return found
 
 
-async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, error: str | None) -> None:
+async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, error: str | None,
+                    queued: bool = False) -> None:
     """Count the download in the metrics and insert its log row, its parameters, resource and error redacted (see
     redaction: a token never reaches the export or audit log); a failure here is logged, never raised into the
     response. A row that cannot be written (the database is away) waits in `engine`'s backlog, if it has one
-    (see kept_backlog); while rows wait there, new rows queue behind them, so rows reach the table in order."""
+    (see kept_backlog); while rows wait there, new rows queue behind them, so rows reach the table in order.
+    With `queued`, the row goes to the backlog at once and its flusher writes it moments later: for an answer
+    that sheds load, which must not wait for a busy database."""
     duration = time.monotonic() - record.started
     metrics.count_download(record.kind, record.dataset, record.format, outcome, record.bytes, record.rows, duration)
     values = {
@@ -167,7 +170,7 @@ async def write_log(engine: AsyncEngine, record: ExportRecord, outcome: str, err
         "request_id": record.request_id,
     }
     backlog = _BACKLOGS.get(engine)
-    if backlog is not None and backlog.waiting():
+    if backlog is not None and (queued or backlog.waiting()):
         backlog.add(values)
         return
     try:

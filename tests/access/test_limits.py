@@ -66,7 +66,8 @@ def test_saturated_export_slots_answer_503_busy_at_once_while_health_files_and_d
     after = httpx.get(f"{server.url}/exports/orders.csv", params={"limit": "1"}, timeout=CLIENT_TIMEOUT)
     assert after.status_code == 200
     assert after.text.count("\n") == 2
-    limited = [e for e in export_log(db, "orders") if e["outcome"] == "limited"]
+    # A refusal that sheds load is queued, not awaited: its row is written moments after the answer.
+    limited = wait_for(lambda: [e for e in export_log(db, "orders") if e["outcome"] == "limited"])
     assert [(e["rows"], e["bytes"]) for e in limited] == [(0, 0)]
     assert limited[0]["error"].startswith("Busy: ")
 

@@ -125,10 +125,15 @@ def loaders(url: str, count: int) -> Iterator[list[str]]:
             thread.join(timeout=60)
 
 
+# One client, no keep-alive: each probe opens its own connection, as a balancer's does. httpx.get() would build a
+# client per call, with an SSL context, which alone took ~20 ms and hid the server's own figures.
+PROBER = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def probe(url: str, current: Round) -> None:
     for path, name in PROBES_.items():
         started = time.perf_counter()
-        response = httpx.get(url + path, timeout=60)
+        response = PROBER.get(url + path)
         elapsed = time.perf_counter() - started
         if name == "503 busy":
             if response.status_code == 200:
@@ -144,7 +149,7 @@ def probe(url: str, current: Round) -> None:
 
 
 def lag_seconds(url: str) -> float | None:
-    found = LAG.search(httpx.get(url + "/metrics", timeout=60).text)
+    found = LAG.search(PROBER.get(url + "/metrics").text)
     return float(found.group(1)) if found else None
 
 
