@@ -15,12 +15,13 @@ from itertools import islice
 from typing import Any
 
 import anyio
-from sqlalchemy import and_, insert, select, text
+from sqlalchemy import and_, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exporter import logs, metrics
 from exporter.errors import Busy
 from exporter.models import ExportLogEntry
+from exporter.outages import is_outage
 from exporter.redaction import redact_parameters, redact_tokens, redacted
 
 log = logging.getLogger(__name__)
@@ -230,8 +231,8 @@ class Backlog:
                     for values in batch:
                         if (await conn.execute(select(_same_row(values)))).scalar_one() is None:
                             await conn.execute(insert(ExportLogEntry).values(**values))
-            except Exception:
-                if not await _answers(self.engine):
+            except Exception as error:
+                if is_outage(error):
                     raise
                 if size > 1:
                     size = 1  # find the row it refuses
@@ -248,15 +249,6 @@ def _same_row(values: dict[str, Any]) -> Any:
     """The id of a row already written with `values`' identity, or NULL."""
     same = and_(*(getattr(ExportLogEntry, name).is_not_distinct_from(values[name]) for name in IDENTITY))
     return select(ExportLogEntry.id).where(same).limit(1).scalar_subquery()
-
-
-async def _answers(engine: AsyncEngine) -> bool:
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception:
-        return False
-    return True
 
 
 # Each service database's backlog (kept_backlog), found by write_log from the engine its callers already hold.
