@@ -18,11 +18,11 @@ from tests.servers import ChunkedReader
 
 ROWS = 200_000
 EXPORTS = 20  # the export slots of a PostgreSQL database
-# A bound far above the target (100 ms for /healthz, 200 ms for a 503 busy, measured by tests/bench/responsive.py),
-# so that a loaded CI machine does not fail it; with the encoding on the event loop's thread, a 503 busy took
-# 4.6 s, and after it at most 0.44 s on a machine loaded by other test runs. The CPU share below is the
-# assertion that does not depend on the machine's speed.
-PROMPT_SECONDS = 2.0
+# A deadline against a hang, not a latency check: the targets (100 ms for /healthz, 200 ms for a 503 busy at p99)
+# are measured by tests/bench/responsive.py, since a timed assertion fails on a loaded machine (a 2 s bound failed
+# once in CI, at 2.46 s for one busy, while 4 test workers shared 2 cores with the 20 exports). The CPU share below
+# is the assertion, and it does not depend on the machine's speed.
+PROMPT_SECONDS = 15.0
 # The share of the server's CPU time spent on its event loop's thread during the exports (the rest: the ADBC
 # readers' and the encoders' threads). With the Parquet encoding and the Arrow conversion on the loop's thread it
 # measured 0.26; in worker threads, 0.09 to 0.11. A ratio of CPU times, it does not depend on the machine's load.
