@@ -24,6 +24,7 @@ from exporter.access.keys import Keys
 from exporter.config import Settings
 from exporter.errors import Busy, ExportError, RevokedToken, ShuttingDown, TooManyRequests
 from exporter.models import ApiKey, DownloadHold, Job
+from exporter.outages import is_outage, outage_reason
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Limits:
         self._engine = engine  # the service's own database: api_keys, download_holds, jobs
         self._default = default_max_concurrent
         self._active: dict[str, int] = {}
+        self._away = False  # the database was away at the watch's last try: logged once per outage
         self._holds: set[str] = set()  # the ids of this process's download holds, renewed by watch()
         self._releasing: set[asyncio.Task[None]] = set()
         self._stopped: dict[str, asyncio.Event] = {}
@@ -225,23 +227,34 @@ class Limits:
                     await self._idle.wait()
 
     async def watch(self) -> None:
-        """Stop the downloads of keys that were revoked or expired; runs until cancelled."""
+        """Stop the downloads of keys that were revoked or expired; runs until cancelled. While the database is
+        away, that is logged once per outage, not with a traceback every round."""
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             try:
                 await self._renew_holds()
-            except Exception:
-                log.exception("renewing the holds of running downloads failed")
+            except Exception as error:
+                self._failed(error, "renewing the holds of running downloads failed")
+            else:
+                self._away = False
             if not self._active:
                 continue
             try:
                 unusable = await self._keys.unusable(list(self._active), datetime.now(UTC))
-            except Exception:
-                log.exception("checking the keys of running downloads failed")
+            except Exception as error:
+                self._failed(error, "checking the keys of running downloads failed")
                 continue
             for key_id in unusable:
                 if key_id in self._stopped:
                     self._stopped[key_id].set()
+
+    def _failed(self, error: Exception, what: str) -> None:
+        if not is_outage(error):
+            log.exception(what)
+        elif not self._away:
+            self._away = True
+            log.warning("%s: the database is unavailable (%s); trying again every %.0f s", what,
+                        outage_reason(error), WATCH_SECONDS)
 
 
 def export_slot_count(url: str, settings: Settings) -> int:
